@@ -1,0 +1,8 @@
+"""dicom-gw's compiled core: the per-byte and per-PDU work of the DICOM Upper Layer.
+
+One extension built from several parts joined with ``include`` (the asyncpg
+layout); each part documents itself and ``dicomgw/_core.pyi`` types them for
+the Python side.
+"""
+
+include "pdu_framer.pyx"

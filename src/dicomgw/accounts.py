@@ -1,0 +1,60 @@
+"""User accounts: argon2id password hashes, the fixed set of roles."""
+
+from __future__ import annotations
+
+import asyncpg
+from argon2 import PasswordHasher
+
+from dicomgw.errors import DicomGwError
+
+ROLES = ("admin", "operator", "viewer", "auditor")
+MIN_PASSWORD_LENGTH = 12
+
+# argon2-cffi's defaults are RFC 9106's second recommended (argon2id, 64 MiB, t=3).
+_hasher = PasswordHasher()
+
+
+class AccountError(DicomGwError):
+    exit_code = 2
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    return _hasher.hash(password)
+
+
+def validate_new_user(username: str, role: str) -> None:
+    if role not in ROLES:
+        raise AccountError(f"unknown role '{role}'; roles: {', '.join(ROLES)}")
+    if (
+        not username
+        or len(username) > 64
+        or not username.isprintable()
+        or username.strip() != username
+    ):
+        raise AccountError(
+            f"invalid user name {username!r}: 1-64 printable characters, no leading/trailing space"
+        )
+
+
+async def add_user(conn: asyncpg.Connection, username: str, role: str, password: str) -> int:
+    validate_new_user(username, role)
+    password_hash = hash_password(password)
+    try:
+        user_id: int = await conn.fetchval(
+            "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) RETURNING id",
+            username,
+            password_hash,
+            role,
+        )
+    except asyncpg.UniqueViolationError:
+        raise AccountError(f"user '{username}' already exists") from None
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4::jsonb)",
+        "cli",
+        "user.create",
+        username,
+        f'{{"role": "{role}"}}',
+    )
+    return user_id

@@ -1,0 +1,235 @@
+"""The ``dicom-gw`` command.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Errors are
+one line on stderr; a traceback only with ``logging.level: DEBUG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import yaml
+
+from dicomgw import __version__
+from dicomgw.config import Config, default_config_file, load_config, redacted
+from dicomgw.errors import EXIT_RUNTIME, EXIT_USAGE, DicomGwError
+
+log = logging.getLogger("dicomgw.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config or default_config_file(os.environ))
+
+
+def _setup_logging(config: Config) -> None:
+    from dicomgw.log import setup_logging
+
+    setup_logging(config.logging)
+
+
+# -- commands --------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomgw import serve
+
+    config = _config(args)
+    _setup_logging(config)
+    serve.run(config, args.config or default_config_file(os.environ))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from dicomgw.db import migrate
+    from dicomgw.db.server import database
+
+    config = _config(args)
+    _setup_logging(config)
+    with database(config, adopt=False) as dsn:
+        migrate.upgrade(dsn, args.revision)
+        _out(f"schema at {migrate.current(dsn)}")
+    return 0
+
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    from dicomgw.db import migrate
+    from dicomgw.db.server import database
+
+    config = _config(args)
+    _setup_logging(config)
+    with database(config, adopt=False) as dsn:
+        migrate.downgrade(dsn, args.revision)
+        _out(f"schema at {migrate.current(dsn) or 'nothing (empty)'}")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    from dicomgw.db import migrate
+    from dicomgw.db.server import database
+
+    config = _config(args)
+    _setup_logging(config)
+    where = (
+        "external (database.dsn)" if config.database.dsn else f"embedded ({config.embedded_pg_dir})"
+    )
+    with database(config, adopt=False) as dsn:
+        current, head = migrate.current(dsn), migrate.head()
+    state = "up to date" if current == head else "needs 'dicom-gw db upgrade'"
+    _out(f"database: {where}\nschema: {current or 'none'} (latest {head}): {state}")
+    return 0 if current == head else EXIT_RUNTIME
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    load_config(args.file)
+    _out(f"{args.file}: ok")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    _out(yaml.safe_dump(redacted(_config(args)), sort_keys=False))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from dicomgw.accounts import add_user, validate_new_user
+    from dicomgw.db.pool import create_pool
+    from dicomgw.db.server import database
+    from dicomgw.serve import ensure_schema
+
+    config = _config(args)
+    _setup_logging(config)
+    validate_new_user(args.name, args.role)
+    password = _read_password(args.password_stdin)
+
+    async def add(dsn: str) -> int:
+        pool = await create_pool(dsn, config.database)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await add_user(conn, args.name, args.role, password)
+        finally:
+            await pool.close()
+
+    with database(config, adopt=False) as dsn:
+        ensure_schema(dsn, upgrade=False)
+        user_id = asyncio.run(add(dsn))
+    _out(f"user '{args.name}' added with role {args.role} (id {user_id})")
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise DicomGwError("no terminal to prompt for the password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != first:
+        raise DicomGwError("the passwords do not match")
+    return first
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    _out(f"dicom-gw {__version__}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: $DICOMGW_CONFIG; built-in defaults + DICOMGW_* env)",
+    )
+    parser = _Parser(
+        prog="dicom-gw",
+        description="DICOM gateway: DIMSE/DICOMweb receiver, PostgreSQL index, forwarder.",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    def add(
+        subparsers: argparse._SubParsersAction[_Parser], name: str, handler: Handler, text: str
+    ) -> _Parser:
+        p = subparsers.add_parser(name, help=text, description=text, parents=[common])
+        p.set_defaults(handler=handler)
+        return p
+
+    add(sub, "serve", cmd_serve, "run the gateway: DIMSE receiver, API, embedded database")
+
+    db = sub.add_parser("db", help="database schema", description="Database schema commands.")
+    db_sub = db.add_subparsers(
+        dest="db_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    p = add(db_sub, "upgrade", cmd_db_upgrade, "migrate the schema up (to the latest by default)")
+    p.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    p = add(db_sub, "downgrade", cmd_db_downgrade, "migrate the schema down to REVISION")
+    p.add_argument("revision", help="target revision, e.g. base (drops everything) or 0001")
+    add(db_sub, "status", cmd_db_status, "show the schema version; exit 1 if an upgrade is due")
+
+    cfg = sub.add_parser("config", help="configuration", description="Configuration commands.")
+    cfg_sub = cfg.add_subparsers(
+        dest="config_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    p = cfg_sub.add_parser(
+        "check", help="validate FILE", description="Validate a config FILE (with env overrides)."
+    )
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=cmd_config_check)
+    add(cfg_sub, "show", cmd_config_show, "print the effective config, secrets masked")
+
+    user = sub.add_parser("user", help="user accounts", description="User account commands.")
+    user_sub = user.add_subparsers(
+        dest="user_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    p = add(user_sub, "add", cmd_user_add, "add a user for the web UI and API")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--role", required=True, help="admin, operator, viewer or auditor")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    p = sub.add_parser("version", help="print the version", description="Print the version.")
+    p.set_defaults(handler=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except DicomGwError as exc:
+        sys.stderr.write(f"dicom-gw: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.debug("internal error", exc_info=True)
+        sys.stderr.write(
+            f"dicom-gw: internal error: {type(exc).__name__}: {exc} "
+            f"(set DICOMGW_LOGGING__LEVEL=DEBUG for the traceback)\n"
+        )
+        return EXIT_RUNTIME
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

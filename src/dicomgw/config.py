@@ -1,0 +1,342 @@
+"""The one configuration object: YAML file + environment overrides, validated once.
+
+Precedence: built-in defaults < YAML file < environment. ``DICOMGW_STATE_DIR``
+sets a top-level key, ``DICOMGW_<SECTION>__<KEY>`` a nested one
+(``DICOMGW_DIMSE__PORT=11112``). Environment values are read as YAML scalars,
+so ``true``, ``11112`` and ``[A, B]`` have their natural types.
+
+Every error names the key path, the bad value and what is allowed
+(:class:`dicomgw.errors.ConfigError`). The result is immutable and passed down
+explicitly; there is no module-level config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import yaml
+
+from dicomgw.errors import ConfigError
+
+ENV_PREFIX = "DICOMGW_"
+# DICOMGW_* variables that are not config keys.
+ENV_NOT_CONFIG = frozenset({"DICOMGW_CONFIG", "DICOMGW_ADMIN_PASSWORD"})
+
+# Installed as a system package (RPM: a virtualenv under /opt/dicom-gw) the
+# state lives in the FHS place; from a source checkout, next to it.
+SYSTEM_PREFIX = "/opt/dicom-gw"
+SYSTEM_STATE_DIR = "/var/lib/dicom-gw"
+SYSTEM_CONFIG_FILE = "/etc/dicom-gw/dicom-gw.yaml"
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
+# PS3.5 6.2: AE is 1-16 characters of the default repertoire without backslash or
+# control characters; leading/trailing spaces are not significant.
+_AE_PATTERN = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$"
+AETitle = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=_AE_PATTERN)]
+# PS3.8 D.1: the receiver must accept at least this much per P-DATA PDU.
+MaxPDU = Annotated[int, msgspec.Meta(ge=4096, le=16 * 1024 * 1024)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DatabaseConfig(_Section, frozen=True):
+    dsn: str | None = None
+    """PostgreSQL DSN; unset: an embedded PostgreSQL in <state_dir>/pg."""
+    pool_min_size: PositiveInt = 2
+    pool_max_size: PositiveInt = 10
+    statement_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
+    connect_timeout_s: Seconds = 10.0
+    upgrade_on_start: bool = True
+    embedded_run_as: str = "dicomgw"
+    """System user that runs the embedded PostgreSQL when dicom-gw runs as root."""
+
+    def __post_init__(self) -> None:
+        if self.dsn is not None and not self.dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("dsn must be a postgresql:// URI (or unset for the embedded server)")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size ({self.pool_min_size}) must be <= pool_max_size "
+                f"({self.pool_max_size})"
+            )
+
+
+class StorageConfig(_Section, frozen=True):
+    root: str | None = None
+    """Where instances are stored; unset: <state_dir>/storage."""
+    fsync: bool = True
+    high_watermark_percent: Percent = 90.0
+    """Disk use above which new instances are refused (C-STORE status 0xA700)."""
+    low_watermark_percent: Percent = 85.0
+    """Disk use below which ingest resumes after the high watermark was crossed."""
+
+    def __post_init__(self) -> None:
+        if self.low_watermark_percent >= self.high_watermark_percent:
+            raise ValueError(
+                f"low_watermark_percent ({self.low_watermark_percent}) must be below "
+                f"high_watermark_percent ({self.high_watermark_percent})"
+            )
+
+
+class DimseConfig(_Section, frozen=True):
+    ae_title: AETitle = "DICOMGW"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    max_pdu: MaxPDU = 262_144
+    max_associations: PositiveInt = 64
+    max_associations_per_peer: PositiveInt = 16
+    require_called_ae_title: bool = True
+    allowed_calling_ae_titles: tuple[AETitle, ...] = ()
+    """Empty: any calling AE title is accepted."""
+    acse_timeout_s: Seconds = 30.0
+    """ARTIM: association set-up and release must complete within this."""
+    network_timeout_s: Seconds = 60.0
+    """An association with no traffic for this long is aborted."""
+
+    def __post_init__(self) -> None:
+        if self.max_associations_per_peer > self.max_associations:
+            raise ValueError(
+                f"max_associations_per_peer ({self.max_associations_per_peer}) must be <= "
+                f"max_associations ({self.max_associations})"
+            )
+
+
+class ApiConfig(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+
+
+class LoggingConfig(_Section, frozen=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json: bool = True
+
+
+class Config(_Section, frozen=True):
+    state_dir: str = ""
+    """Unset: ./var in a source checkout, /var/lib/dicom-gw when installed as a package."""
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    dimse: DimseConfig = msgspec.field(default_factory=DimseConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def storage_root(self) -> Path:
+        return Path(self.storage.root) if self.storage.root else self.state_path / "storage"
+
+    @property
+    def embedded_pg_dir(self) -> Path:
+        return self.state_path / "pg"
+
+
+def default_state_dir() -> str:
+    if sys.prefix == SYSTEM_PREFIX:
+        return SYSTEM_STATE_DIR
+    return str(Path("var").resolve())
+
+
+def default_config_file(env: Mapping[str, str]) -> str | None:
+    if "DICOMGW_CONFIG" in env:
+        return env["DICOMGW_CONFIG"]
+    if sys.prefix == SYSTEM_PREFIX and Path(SYSTEM_CONFIG_FILE).exists():
+        return SYSTEM_CONFIG_FILE
+    return None
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (if any), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        raw = _read_yaml(path)
+        sources = {key: path for key in _leaf_paths(raw)}
+    for var, value in sorted(env.items()):
+        if var.startswith(ENV_PREFIX) and var not in ENV_NOT_CONFIG:
+            keys = _env_key_path(var)
+            _set_path(raw, keys, _env_value(var, value))
+            sources[".".join(keys)] = f"environment variable {var}"
+    config = _validate(raw, sources)
+    if not config.state_dir:
+        config = msgspec.structs.replace(config, state_dir=default_state_dir())
+    return msgspec.structs.replace(config, state_dir=str(Path(config.state_dir).resolve()))
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read config file '{path}': {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError("(file)", f"'{path}' is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("(top level)", "must be a mapping of sections", type(data).__name__, path)
+    return data
+
+
+def _env_key_path(var: str) -> list[str]:
+    keys = var[len(ENV_PREFIX) :].lower().split("__")
+    if not all(keys) or len(keys) > 2:
+        raise ConfigError(
+            var,
+            "is not a config override; use DICOMGW_<KEY> or DICOMGW_<SECTION>__<KEY>",
+            source="environment",
+        )
+    return keys
+
+
+def _env_value(var: str, value: str) -> Any:
+    try:
+        return yaml.safe_load(value) if value.strip() else value
+    except yaml.YAMLError:
+        return value
+
+
+def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _leaf_paths(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(value, Mapping):
+            out.extend(_leaf_paths(value, f"{path}."))
+    return out
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]*)`$")
+
+
+def _validate(raw: dict[str, Any], sources: Mapping[str, str]) -> Config:
+    try:
+        return msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _config_error(str(exc), raw, sources) from None
+
+
+def _config_error(message: str, raw: Mapping[str, Any], sources: Mapping[str, str]) -> ConfigError:
+    match = _MSGSPEC_PATH.search(message)
+    path = match.group(1) if match else ""
+    problem = message[: match.start()] if match else message
+    parts = [p for p in re.split(r"\.|(?=\[)", path) if p]
+    unknown = _UNKNOWN_FIELD.match(problem)
+    if unknown:
+        parts.append(unknown.group(1))
+        allowed = ", ".join(sorted(_fields_at(parts[:-1])))
+        problem = f"unknown key; allowed here: {allowed}"
+    else:
+        problem = _allowed_hint(problem, parts)
+    key = ".".join(parts).replace(".[", "[") or "(top level)"
+    value = None if unknown else _lookup(raw, parts)
+    source = sources.get(key.split("[")[0], "")
+    return ConfigError(key, problem, value, source)
+
+
+def _fields_at(parts: list[str]) -> list[str]:
+    node: Any = Config
+    for part in parts:
+        node = get_type_hints(node, include_extras=True).get(part)
+    if isinstance(node, type) and issubclass(node, msgspec.Struct):
+        return list(node.__struct_fields__)
+    return []
+
+
+def _allowed_hint(problem: str, parts: list[str]) -> str:
+    """msgspec's message, made to read like the rest and listing the choices."""
+    if repr(_AE_PATTERN) in problem:
+        return "not an AE title: 1-16 printable ASCII characters, not all spaces, no backslash"
+    problem = problem.replace("`", "")
+    if problem.startswith("Expected"):
+        problem = "expected" + problem[len("Expected") :]
+    problem = problem.replace("Invalid enum value", "invalid value")
+    hint = _field_type(parts)
+    if hint is not None and get_origin(hint) is Literal:
+        return f"{problem}; allowed: {', '.join(map(str, get_args(hint)))}"
+    return problem
+
+
+def _field_type(parts: list[str]) -> Any:
+    node: Any = Config
+    for part in parts:
+        if not (isinstance(node, type) and issubclass(node, msgspec.Struct)):
+            return None
+        node = get_type_hints(node, include_extras=False).get(part)
+    return node
+
+
+def _lookup(raw: Mapping[str, Any], parts: list[str]) -> Any:
+    node: Any = raw
+    for part in parts:
+        if part.startswith("[") and isinstance(node, list):
+            index = int(part[1:-1])
+            node = node[index] if index < len(node) else None
+        elif isinstance(node, Mapping):
+            node = node.get(part)
+        else:
+            return None
+    return node if not isinstance(node, Mapping) else None
+
+
+_SECRET_KEYS = re.compile(r"password|secret|token", re.IGNORECASE)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain data with secrets masked, for ``config show``."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    dsn = data["database"]["dsn"]
+    if dsn:
+        data["database"]["dsn"] = _mask_dsn(dsn)
+    masked: dict[str, Any] = _mask_keys(data)
+    return masked
+
+
+def _mask_keys(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: ("********" if _SECRET_KEYS.search(k) and v else _mask_keys(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_mask_keys(v) for v in node]
+    return node
+
+
+def _mask_dsn(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return re.sub(r"(password=)[^&]+", r"\1********", dsn)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":********@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,148 @@
+"""``dicom-gw serve``: the all-in-one supervisor.
+
+Order matters: lock the state dir, prepare storage, start (or use) PostgreSQL,
+migrate, then open the DIMSE port and start the API; on SIGTERM/SIGINT close
+the listeners first, then the database, so nothing is acknowledged after the
+index is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+import msgspec
+import uvloop
+
+from dicomgw.association.acceptor import start_listener
+from dicomgw.config import Config
+from dicomgw.db import migrate
+from dicomgw.db.pool import create_pool
+from dicomgw.db.server import database
+from dicomgw.errors import DatabaseError, DicomGwError
+from dicomgw.statedir import StateDirLock
+from dicomgw.storage.layout import prepare_storage
+
+log = logging.getLogger(__name__)
+
+API_STOP_TIMEOUT_S = 10.0
+
+
+def run(config: Config, config_file: str | None) -> None:
+    lock = StateDirLock(config.state_path)
+    lock.acquire()
+    try:
+        prepare_storage(config.storage_root)
+        with database(config, adopt=True) as dsn:
+            ensure_schema(dsn, upgrade=config.database.upgrade_on_start)
+            live = msgspec.structs.replace(
+                config, database=msgspec.structs.replace(config.database, dsn=dsn)
+            )
+            uvloop.run(_serve(live, config_file))
+    finally:
+        lock.release()
+
+
+def ensure_schema(dsn: str, *, upgrade: bool) -> None:
+    if upgrade:
+        migrate.upgrade(dsn)
+        return
+    current, head = migrate.current(dsn), migrate.head()
+    if current != head:
+        raise DatabaseError(
+            f"database schema is at {current or 'nothing'}, this version needs {head}: "
+            f"run 'dicom-gw db upgrade' (or set database.upgrade_on_start: true)"
+        )
+
+
+async def _serve(config: Config, config_file: str | None) -> None:
+    pool = await create_pool(config.database.dsn or "", config.database)
+    try:
+        dimse = await _listen(config)
+    except BaseException:
+        await pool.close()
+        raise
+    api = await _start_api(config, config_file)
+    log.info(
+        "dicom-gw serving",
+        extra={
+            "dimse": f"{config.dimse.host}:{config.dimse.port}",
+            "ae_title": config.dimse.ae_title,
+            "api": f"http://{config.api.host}:{config.api.port}",
+            "state_dir": config.state_dir,
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    api_exit = asyncio.ensure_future(api.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({api_exit, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if api_exit.done():
+            raise DicomGwError(f"the API server exited with status {api.returncode}")
+        log.info("stopping")
+    finally:
+        stopper.cancel()
+        dimse.close()
+        await dimse.wait_closed()
+        await _stop_api(api)
+        api_exit.cancel()
+        await pool.close()
+        log.info("stopped")
+
+
+async def _listen(config: Config) -> asyncio.Server:
+    try:
+        return await start_listener(config.dimse)
+    except OSError as exc:
+        raise DicomGwError(
+            f"cannot listen on dimse.host {config.dimse.host} port {config.dimse.port}: "
+            f"{exc.strerror}; is another DICOM service using it? set dimse.port"
+        ) from None
+
+
+async def _start_api(config: Config, config_file: str | None) -> asyncio.subprocess.Process:
+    env = dict(os.environ)
+    env["DICOMGW_STATE_DIR"] = config.state_dir
+    env["DICOMGW_DATABASE__DSN"] = config.database.dsn or ""
+    if config_file:
+        env["DICOMGW_CONFIG"] = os.path.abspath(config_file)
+    argv = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--factory",
+        "--host",
+        config.api.host,
+        "--port",
+        str(config.api.port),
+        "--workers",
+        str(config.api.workers),
+        "--loop",
+        "uvloop",
+        "--no-ws",
+        "--log-level",
+        "warning",
+        "dicomgw.api.app:create_app_from_env",
+    ]
+    return await asyncio.create_subprocess_exec(*argv, env=env)
+
+
+async def _stop_api(api: asyncio.subprocess.Process) -> None:
+    if api.returncode is not None:
+        return
+    api.terminate()
+    try:
+        await asyncio.wait_for(api.wait(), API_STOP_TIMEOUT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            api.kill()
+        await api.wait()

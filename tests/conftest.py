@@ -1,0 +1,77 @@
+"""Shared fixtures: a real PostgreSQL (the embedded one dicom-gw ships) for the
+whole session, a fresh database per test, and state directories that the
+unprivileged PostgreSQL user can enter when the suite runs as root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from dicomgw.db.embedded import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    # NOTE: pytest's tmp dirs are 0700 under /tmp/pytest-of-root; the embedded
+    # PostgreSQL runs as another user when we are root and must traverse them.
+    path = Path(tempfile.mkdtemp(prefix="dicomgw-tests-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def state_dir(workdir: Path) -> Path:
+    path = workdir / f"state-{uuid.uuid4().hex[:8]}"
+    path.mkdir(mode=0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_server(workdir: Path) -> Iterator[str]:
+    """DSN of a real PostgreSQL for the session (its 'postgres' database)."""
+    server = EmbeddedPostgres(workdir / "session-pg", run_as="dicomgw")
+    dsn = server.start(adopt=True)
+    yield dsn
+    server.stop()
+
+
+def with_database(dsn: str, name: str) -> str:
+    head, _, query = dsn.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}?{query}" if query else f"{base}/{name}"
+
+
+@pytest.fixture
+async def empty_db(pg_server: str) -> str:
+    """DSN of a new, empty database on the session server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_server)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(pg_server, name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DICOMGW_* from the developer's shell leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("DICOMGW_"):
+            monkeypatch.delenv(key)
