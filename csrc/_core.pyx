@@ -6,3 +6,6 @@ the Python side.
 """
 
 include "pdu_framer.pyx"
+include "crc32c.pyx"
+include "metadata_scan.pyx"
+include "receive_stream.pyx"

@@ -7,7 +7,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from dicomgw.errors import InvalidPDU, PDUTooLarge, UnrecognizedPDU
+from dicomgw.errors import InvalidPDU, PDUTooLarge, UnexpectedPDU, UnrecognizedPDU
 
 
 cdef enum:
@@ -49,6 +49,32 @@ cdef uint32_t _pdu_length_cap(str name, long long value) except? 0:
             f"32-bit field, PS3.8 9.3), got {value}"
         )
     return <uint32_t>value
+
+
+cdef object _pdu_type_error(unsigned char pdu_type):
+    """UnrecognizedPDU for a type byte outside 01H-07H, else None."""
+    if pdu_type < PDU_A_ASSOCIATE_RQ or pdu_type > PDU_A_ABORT:
+        return UnrecognizedPDU(pdu_type)
+    return None
+
+
+cdef object _pdu_length_error(
+    unsigned char pdu_type, uint32_t length, uint32_t max_pdata_length, uint32_t max_associate_length
+):
+    """The error for a PDU-length this type may not have, else None (PS3.8 9.3)."""
+    cdef uint32_t cap
+    if _pdu_is_fixed_length(pdu_type):
+        if length != PDU_FIXED_LENGTH:
+            return InvalidPDU(
+                pdu_type,
+                f"PDU-length is {length}, but this PDU type always has "
+                f"PDU-length {PDU_FIXED_LENGTH} (PS3.8 9.3)",
+            )
+        return None
+    cap = max_pdata_length if pdu_type == PDU_P_DATA_TF else max_associate_length
+    if length > cap:
+        return PDUTooLarge(pdu_type, length, cap)
+    return None
 
 
 cdef int _pdu_append(bytearray buf, const unsigned char* src, Py_ssize_t count) except -1:
@@ -135,28 +161,19 @@ cdef class PDUFramer:
         raise error
 
     cdef int _check_type(self, unsigned char pdu_type, Py_ssize_t consumed) except -1:
-        if pdu_type < PDU_A_ASSOCIATE_RQ or pdu_type > PDU_A_ABORT:
-            self._fail(UnrecognizedPDU(pdu_type), consumed)
+        error = _pdu_type_error(pdu_type)
+        if error is not None:
+            self._fail(error, consumed)
         return 0
 
     cdef int _check_length(
         self, unsigned char pdu_type, uint32_t length, Py_ssize_t consumed
     ) except -1:
-        cdef uint32_t cap
-        if _pdu_is_fixed_length(pdu_type):
-            if length != PDU_FIXED_LENGTH:
-                self._fail(
-                    InvalidPDU(
-                        pdu_type,
-                        f"PDU-length is {length}, but this PDU type always has "
-                        f"PDU-length {PDU_FIXED_LENGTH} (PS3.8 9.3)",
-                    ),
-                    consumed,
-                )
-            return 0
-        cap = self._max_pdata_length if pdu_type == PDU_P_DATA_TF else self._max_associate_length
-        if length > cap:
-            self._fail(PDUTooLarge(pdu_type, length, cap), consumed)
+        error = _pdu_length_error(
+            pdu_type, length, self._max_pdata_length, self._max_associate_length
+        )
+        if error is not None:
+            self._fail(error, consumed)
         return 0
 
     def feed(self, const unsigned char[::1] data not None):

@@ -4,18 +4,19 @@ unprivileged PostgreSQL user can enter when the suite runs as root."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from dicomgw.db.embedded import EmbeddedPostgres
+from tests.gateway import Gateway, running
 
 
 @pytest.fixture(scope="session")
@@ -54,19 +55,8 @@ def with_database(dsn: str, name: str) -> str:
 async def empty_db(pg_server: str) -> str:
     """DSN of a new, empty database on the session server."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_server)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await _create_database(pg_server, name)
     return with_database(pg_server, name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -75,3 +65,41 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("DICOMGW_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def session_gateway(workdir: Path, pg_server: str) -> Iterator[Gateway]:
+    """One running gateway shared by the tests that only send to it.
+
+    Tests must not assume they are alone on it: compare what they sent, by UID.
+    """
+    name = f"gw_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create_database(pg_server, name))
+    state = workdir / "session-gateway"
+    state.mkdir(mode=0o755)
+    with running(Gateway(state, with_database(pg_server, name))) as gateway:
+        yield gateway
+
+
+async def _create_database(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def gateway_factory(state_dir: Path, empty_db: str) -> AsyncIterator[Callable[..., Gateway]]:
+    """A gateway of the test's own (started by the test), e.g. to kill or reconfigure."""
+    made: list[Gateway] = []
+
+    def make(**extra_env: str) -> Gateway:
+        gateway = Gateway(state_dir, empty_db, extra_env=extra_env)
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        if gateway.proc is not None:
+            gateway.kill()

@@ -1,5 +1,7 @@
 """Types of dicomgw._core, the compiled core built from csrc/_core.pyx."""
 
+from collections.abc import Callable
+
 class PDUFramer:
     """Splits a received byte stream into whole PDUs (PS3.8 9.3); see csrc/pdu_framer.pyx.
 
@@ -16,3 +18,60 @@ class PDUFramer:
     @property
     def bytes_in(self) -> int: ...
     def set_max_pdata_length(self, n: int) -> None: ...
+
+# CRC-32C (Castagnoli); see csrc/crc32c.pyx and csrc/crc32c.h.
+CRC32C_HARDWARE: bool
+"""True when crc32c() uses CPU instructions (SSE4.2 / ARMv8 CRC), not the tables."""
+
+def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC-32C of data continuing from crc; crc32c(b, crc32c(a)) == crc32c(a + b)."""
+
+def _crc32c_portable(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """crc32c() forced through the portable slicing-by-8 tables; for tests and benchmarks."""
+
+# Metadata scan of a received data set's first bytes (PS3.5 7); see csrc/metadata_scan.pyx.
+METADATA_TAGS: tuple[int, ...]
+"""The wanted top-level tags, ascending, as ints (0x00100020 is PatientID)."""
+
+def scan_metadata(
+    head: bytes | bytearray | memoryview, explicit_vr: bool, little_endian: bool, complete: bool
+) -> dict[int, bytes]:
+    """{tag: raw value, trailing spaces/NULs stripped} for METADATA_TAGS at top level.
+
+    Raises dicomgw.errors.MalformedDataSet for impossible structure or, when complete,
+    for anything running past the end of head; ValueError for implicit VR big endian.
+    """
+
+# The acceptor's receive parser; see csrc/receive_stream.pyx.
+
+class ReceiveStream:
+    """Parses an association's bytes in place; P-DATA data sets go straight to a file.
+
+    feed() raises dicomgw.errors.PDUError subclasses (the stream is then poisoned)
+    and whatever the callbacks raise.
+    """
+
+    bytes_in: int
+    pdus_in: int
+    pdvs_in: int
+    datasets_in: int
+    dataset_bytes_in: int
+
+    def __init__(
+        self,
+        on_control: Callable[[bytes], None],
+        on_command: Callable[[int, bytes], None],
+        on_dataset: Callable[[int], None],
+        max_pdata_length: int,
+        max_associate_length: int = 65536,
+        head_budget: int = 65536,
+    ) -> None: ...
+    def accept_context(self, context_id: int) -> None: ...
+    def set_max_pdata_length(self, n: int) -> None: ...
+    def expect_dataset(self, context_id: int, fd: int) -> None: ...
+    def finish_dataset(self) -> tuple[int, int, bytes, int]:
+        """(crc32c, size, head, write_errno) of the data set just completed."""
+    def stop(self) -> None: ...
+    @property
+    def in_message(self) -> bool: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...

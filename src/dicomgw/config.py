@@ -43,6 +43,7 @@ Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
 # control characters; leading/trailing spaces are not significant.
 _AE_PATTERN = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$"
 AETitle = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=_AE_PATTERN)]
+UID = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
 # PS3.8 D.1: the receiver must accept at least this much per P-DATA PDU.
 MaxPDU = Annotated[int, msgspec.Meta(ge=4096, le=16 * 1024 * 1024)]
 
@@ -80,6 +81,9 @@ class StorageConfig(_Section, frozen=True):
     """Disk use above which new instances are refused (C-STORE status 0xA700)."""
     low_watermark_percent: Percent = 85.0
     """Disk use below which ingest resumes after the high watermark was crossed."""
+    duplicate_policy: Literal["reject", "keep-both"] = "reject"
+    """A SOP Instance UID received again with other bytes: refuse it (0x0111) or keep
+    it as a new version. Identical bytes are always a Success with one stored copy."""
 
     def __post_init__(self) -> None:
         if self.low_watermark_percent >= self.high_watermark_percent:
@@ -103,6 +107,10 @@ class DimseConfig(_Section, frozen=True):
     """ARTIM: association set-up and release must complete within this."""
     network_timeout_s: Seconds = 60.0
     """An association with no traffic for this long is aborted."""
+    accepted_sop_classes: tuple[UID, ...] = ()
+    """Empty: Verification, every storage SOP class and unknown (private) ones."""
+    accepted_transfer_syntaxes: tuple[UID, ...] = ()
+    """Empty: any; otherwise accepted in this order of preference."""
 
     def __post_init__(self) -> None:
         if self.max_associations_per_peer > self.max_associations:
@@ -110,6 +118,15 @@ class DimseConfig(_Section, frozen=True):
                 f"max_associations_per_peer ({self.max_associations_per_peer}) must be <= "
                 f"max_associations ({self.max_associations})"
             )
+
+
+class IndexConfig(_Section, frozen=True):
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    """Most instances indexed in one transaction (one COPY)."""
+    max_delay_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
+    """How long a batch waits for more instances after its first one."""
+    scan_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 65_536
+    """Bytes at the start of each data set kept for the metadata scan."""
 
 
 class ApiConfig(_Section, frozen=True):
@@ -129,6 +146,7 @@ class Config(_Section, frozen=True):
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     dimse: DimseConfig = msgspec.field(default_factory=DimseConfig)
+    index: IndexConfig = msgspec.field(default_factory=IndexConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 

@@ -60,6 +60,17 @@ class UnrecognizedPDU(PDUError):
         super().__init__(f"unrecognized PDU type 0x{pdu_type:02X}")
 
 
+class UnexpectedPDU(PDUError):
+    """A valid PDU that the current state does not allow (PS3.8 9.2, AA-1/AA-8)."""
+
+    abort_reason = ABORT_UNEXPECTED_PDU
+
+    def __init__(self, pdu_type: int, state: str) -> None:
+        self.pdu_type = pdu_type
+        self.state = state
+        super().__init__(f"PDU type 0x{pdu_type:02X} is not allowed {state}")
+
+
 class PDUTooLarge(PDUError):
     abort_reason = ABORT_INVALID_PDU_PARAMETER_VALUE
 
@@ -116,3 +127,18 @@ class AlreadyRunning(DicomGwError):
             f"dicom-gw is already running on state dir '{state_dir}'{who}; "
             f"stop it first or use another state_dir"
         )
+
+
+# -- DICOM data sets -----------------------------------------------------------
+
+
+class MalformedDataSet(DicomGwError):
+    """A received data set's encoding (PS3.5 7) is broken where it was scanned."""
+
+    # PS3.4 B.2.3: C-STORE failure "Cannot understand" (C000-CFFF).
+    dimse_status = 0xC000
+
+    def __init__(self, offset: int, problem: str) -> None:
+        self.offset = offset
+        self.problem = problem
+        super().__init__(f"malformed data set at byte {offset}: {problem}")

@@ -18,12 +18,13 @@ import sys
 import msgspec
 import uvloop
 
-from dicomgw.association.acceptor import start_listener
 from dicomgw.config import Config
 from dicomgw.db import migrate
 from dicomgw.db.pool import create_pool
 from dicomgw.db.server import database
 from dicomgw.errors import DatabaseError, DicomGwError
+from dicomgw.index.batcher import init_connection
+from dicomgw.receiver.server import Receiver
 from dicomgw.statedir import StateDirLock
 from dicomgw.storage.layout import prepare_storage
 
@@ -60,10 +61,12 @@ def ensure_schema(dsn: str, *, upgrade: bool) -> None:
 
 
 async def _serve(config: Config, config_file: str | None) -> None:
-    pool = await create_pool(config.database.dsn or "", config.database)
+    pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
+    receiver = Receiver(config, pool)
     try:
-        dimse = await _listen(config)
+        await receiver.start()
     except BaseException:
+        await receiver.close()
         await pool.close()
         raise
     api = await _start_api(config, config_file)
@@ -89,22 +92,11 @@ async def _serve(config: Config, config_file: str | None) -> None:
         log.info("stopping")
     finally:
         stopper.cancel()
-        dimse.close()
-        await dimse.wait_closed()
+        await receiver.close()
         await _stop_api(api)
         api_exit.cancel()
         await pool.close()
         log.info("stopped")
-
-
-async def _listen(config: Config) -> asyncio.Server:
-    try:
-        return await start_listener(config.dimse)
-    except OSError as exc:
-        raise DicomGwError(
-            f"cannot listen on dimse.host {config.dimse.host} port {config.dimse.port}: "
-            f"{exc.strerror}; is another DICOM service using it? set dimse.port"
-        ) from None
 
 
 async def _start_api(config: Config, config_file: str | None) -> asyncio.subprocess.Process:

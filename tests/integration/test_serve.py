@@ -8,29 +8,18 @@ import json
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
 
 from dicomgw.db.embedded import PostmasterInfo
 from tests.cli import CLI, cli_env, run_cli
-from tests.conftest import free_port
-from tests.integration.test_acceptor import RJ_PERMANENT_NO_REASON
-from tests.unit.test_pdu_framer import A_ASSOCIATE_RQ_PDU
+from tests.gateway import free_port, wait_listening
 
-
-def wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"port {port} not listening after {timeout}s")
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def get_json(url: str) -> tuple[int, dict[str, object]]:
@@ -72,10 +61,12 @@ def test_serve_on_embedded_defaults(state_dir: Path) -> None:
         assert status == 200, body
         assert body["checks"] == {"database": {"ok": True}, "storage": {"ok": True}}
 
-        # Until the Storage SCP lands, associations are refused cleanly (A-ASSOCIATE-RJ).
-        with socket.create_connection(("127.0.0.1", int(env["DICOMGW_DIMSE__PORT"])), 5) as sock:
-            sock.sendall(A_ASSOCIATE_RQ_PDU)
-            assert sock.recv(10) == RJ_PERMANENT_NO_REASON
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(VERIFICATION)
+        assoc = ae.associate("127.0.0.1", int(env["DICOMGW_DIMSE__PORT"]), ae_title="DICOMGW")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
 
         second = run_cli("serve", env=serve_env(state_dir))
         assert second.returncode == 1

@@ -109,7 +109,7 @@ def test_unknown_env_override_is_rejected(tmp_path: Path, var: str) -> None:
     ("text", "key", "fragment"),
     [
         ("nope: 1", "nope", "unknown key; allowed here: api, database, dimse"),
-        ("dimse: {prot: 1}", "dimse.prot", "allowed here: acse_timeout_s, ae_title"),
+        ("dimse: {prot: 1}", "dimse.prot", "allowed here: accepted_sop_classes, accepted_transfer"),
         ("database: {pool_min_size: 0}", "database.pool_min_size", ">= 1"),
         ("database: {pool_min_size: 5, pool_max_size: 2}", "database", "pool_min_size (5)"),
         ("database: {statement_timeout_ms: -1}", "database.statement_timeout_ms", ">= 0"),

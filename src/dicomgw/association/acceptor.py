@@ -1,10 +1,18 @@
 """The association acceptor: one ``asyncio.BufferedProtocol`` per TCP connection.
 
-uvloop reads straight into a preallocated buffer (``get_buffer``) and the
-compiled framer splits it into PDUs (PS3.8 9.3). Until the Storage SCP lands
-(the receiver issue), every A-ASSOCIATE-RQ is answered with A-ASSOCIATE-RJ
-(permanent, service-user, no reason given) so peers fail fast and clearly;
-anything else is aborted.
+uvloop reads straight into a preallocated buffer (``get_buffer``); the
+compiled :class:`ReceiveStream` parses it in place and calls back once per
+control PDU and once per DIMSE message. This module is the PS3.8 state machine
+for the acceptor side, with the standard's names:
+
+- Sta2: transport open, awaiting A-ASSOCIATE-RQ (ARTIM running);
+- Sta6: association established, P-DATA flowing;
+- Sta13: awaiting transport close after A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT
+  (ARTIM running; anything received is ignored).
+
+An invalid event (a PDU that is not allowed in the current state, a malformed
+PDU) becomes an A-P-ABORT (AA-8), never an exception escaping to the loop.
+What the DIMSE messages mean is the services' business (passed in).
 """
 
 from __future__ import annotations
@@ -14,31 +22,51 @@ import itertools
 import logging
 import socket
 import struct
-from typing import cast
+import time
+from dataclasses import dataclass
+from typing import Protocol, cast
 
-from dicomgw._core import PDUFramer
+from dicomgw._core import ReceiveStream
+from dicomgw.association.negotiation import (
+    Acceptance,
+    AcceptedContext,
+    Request,
+    check_access,
+    limit_rejection,
+    negotiate,
+)
 from dicomgw.config import DimseConfig
-from dicomgw.errors import ABORT_UNEXPECTED_PDU, PDUError
+from dicomgw.dimse.commands import (
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    Command,
+    CommandError,
+    decode_command,
+    encode_c_echo_rsp,
+    encode_c_store_rsp,
+)
+from dicomgw.dimse.status import SUCCESS
+from dicomgw.errors import (
+    ABORT_REASON_NOT_SPECIFIED,
+    ABORT_UNEXPECTED_PDU,
+    ABORT_UNRECOGNIZED_PDU_PARAMETER,
+    PDUError,
+)
 from dicomgw.log import context_id
 
 log = logging.getLogger(__name__)
 
 A_ASSOCIATE_RQ = 0x01
+A_RELEASE_RQ = 0x05
+A_ABORT = 0x07
 RECV_BUFFER_SIZE = 256 * 1024
-# PS3.8 9.3.4 Table 9-21: result 1 rejected-permanent, source 1 service-user,
-# reason 1 no-reason-given.
-RJ_PERMANENT = 1
-RJ_SOURCE_SERVICE_USER = 1
-RJ_NO_REASON = 1
 # PS3.8 9.3.8 Table 9-26: source 2 = service-provider initiated abort.
 ABORT_SOURCE_PROVIDER = 2
+A_RELEASE_RP = bytes.fromhex("06 00 00000004 00000000")
+# Room for the PDU and PDV headers on top of the negotiated maximum.
+PDATA_MARGIN = 64
 
 _ids = itertools.count(1)
-
-
-def a_associate_rj(result: int, source: int, reason: int) -> bytes:
-    """PS3.8 9.3.4: type 03, reserved, length 4, reserved, result, source, reason."""
-    return struct.pack(">BBIBBBB", 0x03, 0, 4, 0, result, source, reason)
 
 
 def a_abort(source: int, reason: int) -> bytes:
@@ -46,15 +74,111 @@ def a_abort(source: int, reason: int) -> bytes:
     return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
 
 
-class AssociationAcceptor(asyncio.BufferedProtocol):
+def p_data_command(context_id: int, command: bytes) -> bytes:
+    """One P-DATA-TF with one PDV: the whole command set, last fragment (PS3.8 9.3.5)."""
+    item_length = len(command) + 2
+    return struct.pack(">BBIIBB", 0x04, 0, item_length + 4, item_length, context_id, 0x03) + command
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    assoc_id: str
+    host: str
+    port: int
+    acceptance: Acceptance
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedDataSet:
+    crc32c: int
+    size: int
+    head: bytes
+    write_errno: int
+
+
+class StoreOperation(Protocol):
+    """One C-STORE in progress: the data set goes to ``fd`` (-1: discarded)."""
+
+    fd: int
+
+    async def finish(self, dataset: ReceivedDataSet) -> tuple[int, str | None]:
+        """Make it durable and indexed; the (status, error comment) to answer."""
+
+    def abandon(self) -> None:
+        """The association ended before the data set was complete."""
+
+
+class Services(Protocol):
+    head_bytes: int
+    """How much of each data set's start the services want (for the metadata scan)."""
+
+    def begin_store(
+        self,
+        peer: Peer,
+        context: AcceptedContext,
+        message_id: int,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+    ) -> StoreOperation: ...
+
+
+class AssociationLimits:
+    """Global and per-peer (source IP) caps on established associations."""
+
     def __init__(self, config: DimseConfig) -> None:
+        self._max = config.max_associations
+        self._per_peer = config.max_associations_per_peer
+        self._by_peer: dict[str, int] = {}
+        self.active = 0
+        self.rejected = 0
+
+    def acquire(self, host: str) -> str | None:
+        """None if admitted, else why not."""
+        if self.active >= self._max:
+            return f"{self.active} associations active, dimse.max_associations is {self._max}"
+        if self._by_peer.get(host, 0) >= self._per_peer:
+            return f"{host} has {self._per_peer} associations, dimse.max_associations_per_peer"
+        self.active += 1
+        self._by_peer[host] = self._by_peer.get(host, 0) + 1
+        return None
+
+    def release(self, host: str) -> None:
+        self.active -= 1
+        left = self._by_peer[host] - 1
+        if left:
+            self._by_peer[host] = left
+        else:
+            del self._by_peer[host]
+
+
+class AssociationAcceptor(asyncio.BufferedProtocol):
+    def __init__(self, config: DimseConfig, limits: AssociationLimits, services: Services) -> None:
         self._config = config
+        self._limits = limits
+        self._services = services
         self._buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
-        self._framer = PDUFramer(max_pdata_length=config.max_pdu + 1024)
+        self._stream = ReceiveStream(
+            self._on_control,
+            self._on_command,
+            self._on_dataset,
+            max_pdata_length=config.max_pdu + PDATA_MARGIN,
+            head_budget=services.head_bytes,
+        )
         self._transport: asyncio.Transport | None = None
-        self._artim: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._state = "Sta2"
+        self._peer: Peer | None = None
+        self._host = "?"
+        self._port = 0
+        self._admitted = False
+        self._operation: StoreOperation | None = None
+        self._operation_command: Command | None = None
+        self._pending: asyncio.Task[None] | None = None
+        self._release_requested = False
+        self._last_activity = time.monotonic()
         self.assoc_id = f"a{next(_ids)}"
-        self._closing = False
+
+    # -- transport events ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # NOTE: uvloop's transports do not subclass asyncio.Transport.
@@ -63,74 +187,246 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         if sock is not None:
             # NOTE: without it every small PDU waits for a delayed ACK (~40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
+        peer = self._transport.get_extra_info("peername")
+        if peer:
+            self._host, self._port = peer[0], peer[1]
         context_id.set(self.assoc_id)
-        log.info("connection opened", extra={"peer": f"{peer[0]}:{peer[1]}" if peer else "?"})
+        log.info("connection opened", extra={"peer": f"{self._host}:{self._port}"})
         # ARTIM (PS3.8 9.1.5): the A-ASSOCIATE-RQ must arrive within the ACSE timeout.
-        loop = asyncio.get_running_loop()
-        self._artim = loop.call_later(self._config.acse_timeout_s, self._artim_expired)
+        self._arm(self._config.acse_timeout_s, self._artim_expired)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         context_id.set(self.assoc_id)
-        if self._closing:
-            return  # Sta13: waiting for the peer to close; PS3.8 says ignore what it sends.
+        self._last_activity = time.monotonic()
+        if self._state == "Sta13":
+            return  # PS3.8: ignore what arrives while awaiting the close.
         try:
-            pdus = self._framer.feed(self._buffer[:nbytes])
+            self._stream.feed(self._buffer[:nbytes])
         except PDUError as exc:
             log.warning("malformed PDU, aborting", extra={"error": str(exc)})
             self._abort(exc.abort_reason)
-            return
-        for pdu in pdus:
-            if pdu[0] == A_ASSOCIATE_RQ:
-                log.warning("association rejected: the Storage SCP is not implemented yet")
-                self._close_with(a_associate_rj(RJ_PERMANENT, RJ_SOURCE_SERVICE_USER, RJ_NO_REASON))
-            else:
-                log.warning("unexpected PDU before association", extra={"pdu_type": pdu[0]})
-                self._abort(ABORT_UNEXPECTED_PDU)
-            return
+        except CommandError as exc:
+            log.warning("malformed command set, aborting", extra={"error": str(exc)})
+            self._abort(ABORT_UNRECOGNIZED_PDU_PARAMETER)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._artim is not None:
-            self._artim.cancel()
-        log.info("connection closed", extra={"bytes_in": self._framer.bytes_in})
+        context_id.set(self.assoc_id)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._operation is not None and self._pending is None:
+            self._operation.abandon()
+            log.warning("connection lost inside a data set: the partial instance is discarded")
+        self._operation = None
+        if self._admitted:
+            self._limits.release(self._host)
+            self._admitted = False
+        self._state = "Sta1"
+        log.info(
+            "connection closed",
+            extra={"bytes_in": self._stream.bytes_in, "datasets": self._stream.datasets_in},
+        )
+
+    # -- PDUs ---------------------------------------------------------------------
+
+    def _on_control(self, pdu: bytes) -> None:
+        pdu_type = pdu[0]
+        if self._state == "Sta2" and pdu_type == A_ASSOCIATE_RQ:
+            self._associate(pdu)
+        elif self._state == "Sta6" and pdu_type == A_RELEASE_RQ:
+            self._release()
+        elif pdu_type == A_ABORT:
+            log.warning("peer aborted the association", extra={"source_reason": pdu[8:10].hex()})
+            self._stream.stop()
+            if self._operation is not None and self._pending is None:
+                self._operation.abandon()
+                self._operation = None
+            self._close()
+        else:
+            log.warning("unexpected PDU", extra={"pdu_type": pdu_type, "state": self._state})
+            self._abort(ABORT_UNEXPECTED_PDU)
+
+    def _associate(self, pdu: bytes) -> None:
+        request = Request.decode(pdu)
+        log.info(
+            "association requested",
+            extra={"calling_ae": request.calling_ae_title, "called_ae": request.called_ae_title},
+        )
+        rejection = check_access(request, self._config)
+        if rejection is None:
+            why = self._limits.acquire(self._host)
+            if why is not None:
+                self._limits.rejected += 1
+                rejection = limit_rejection(why)
+            else:
+                self._admitted = True
+        if rejection is not None:
+            log.warning("association rejected", extra={"reason": rejection.why})
+            self._send_last(rejection.encode())
+            return
+        acceptance = negotiate(request, self._config, self._config.max_pdu)
+        for cx in acceptance.contexts:
+            self._stream.accept_context(cx)
+        self._peer = Peer(self.assoc_id, self._host, self._port, acceptance)
+        self._state = "Sta6"
+        self._write(acceptance.ac_pdu)
+        self._arm(self._config.network_timeout_s, self._idle_check)
+        log.info(
+            "association accepted",
+            extra={
+                "calling_ae": acceptance.calling_ae_title,
+                "contexts": len(acceptance.contexts),
+                "rejected_contexts": acceptance.rejected_contexts,
+                "peer_max_pdu": acceptance.peer_max_pdu,
+            },
+        )
+
+    def _release(self) -> None:
+        if self._stream.in_message:
+            log.warning("A-RELEASE-RQ in the middle of a message: aborting")
+            self._abort(ABORT_UNEXPECTED_PDU)
+            return
+        if self._pending is not None:
+            # PS3.8 Sta8: answer the outstanding C-STORE first, then release.
+            self._release_requested = True
+            return
+        log.info("association released")
+        self._send_last(A_RELEASE_RP)
+
+    # -- DIMSE messages (PS3.7) ------------------------------------------------------
+
+    def _on_command(self, context_id: int, data: bytes) -> None:
+        assert self._peer is not None
+        command = decode_command(data)
+        context = self._peer.acceptance.contexts[context_id]
+        if command.command_field == C_ECHO_RQ:
+            response = encode_c_echo_rsp(command.message_id or 0, SUCCESS)
+            self._write(p_data_command(context_id, response))
+            return
+        if command.command_field != C_STORE_RQ or not context.is_storage:
+            log.warning("unsupported DIMSE command", extra={"command_field": command.command_field})
+            self._abort(ABORT_UNRECOGNIZED_PDU_PARAMETER)
+            return
+        if not command.has_data_set:
+            raise CommandError("C-STORE-RQ announces no data set")
+        operation = self._services.begin_store(
+            self._peer,
+            context,
+            command.message_id or 0,
+            command.affected_sop_class_uid or "",
+            command.affected_sop_instance_uid or "",
+        )
+        self._operation = operation
+        self._operation_command = command
+        self._stream.expect_dataset(context_id, operation.fd)
+
+    def _on_dataset(self, context_id: int) -> None:
+        crc, size, head, write_errno = self._stream.finish_dataset()
+        operation, command = self._operation, self._operation_command
+        assert operation is not None and command is not None
+        dataset = ReceivedDataSet(crc, size, head, write_errno)
+        self._pending = asyncio.get_running_loop().create_task(
+            self._complete(operation, command, context_id, dataset)
+        )
+
+    async def _complete(
+        self,
+        operation: StoreOperation,
+        command: Command,
+        context_id: int,
+        dataset: ReceivedDataSet,
+    ) -> None:
+        """Finish one C-STORE off the receive path and answer it (PS3.7 9.3.1.2)."""
+        try:
+            status, comment = await operation.finish(dataset)
+        except Exception:
+            log.exception("C-STORE failed unexpectedly: aborting the association")
+            self._abort(ABORT_REASON_NOT_SPECIFIED)
+            return
+        finally:
+            self._operation = None
+            self._operation_command = None
+            self._pending = None
+        if self._state != "Sta6":
+            return
+        response = encode_c_store_rsp(
+            command.message_id or 0,
+            command.affected_sop_class_uid or "",
+            command.affected_sop_instance_uid or "",
+            status,
+            comment,
+        )
+        self._write(p_data_command(context_id, response))
+        if self._release_requested:
+            log.info("association released")
+            self._send_last(A_RELEASE_RP)
+
+    # -- timers and closing -----------------------------------------------------------
+
+    def _arm(self, delay: float, callback: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)  # type: ignore[arg-type]
 
     def _artim_expired(self) -> None:
         context_id.set(self.assoc_id)
-        if self._closing:
-            log.warning("ARTIM timer expired: the peer did not close the connection")
-        else:
-            log.warning("ARTIM timer expired: no A-ASSOCIATE-RQ, closing")
+        log.warning("ARTIM timer expired", extra={"state": self._state})
         if self._transport is not None:
             self._transport.abort()
 
-    def _abort(self, reason: int) -> None:
-        self._close_with(a_abort(ABORT_SOURCE_PROVIDER, reason))
+    def _idle_check(self) -> None:
+        idle = time.monotonic() - self._last_activity
+        timeout = self._config.network_timeout_s
+        if idle < timeout or self._pending is not None:
+            self._arm(max(0.1, timeout - idle), self._idle_check)
+            return
+        context_id.set(self.assoc_id)
+        log.warning(
+            "no traffic for dimse.network_timeout_s: aborting", extra={"idle_s": round(idle)}
+        )
+        self._abort(ABORT_REASON_NOT_SPECIFIED)
 
-    def _close_with(self, pdu: bytes) -> None:
+    def _abort(self, reason: int) -> None:
+        if self._operation is not None and self._pending is None:
+            self._operation.abandon()
+            self._operation = None
+        self._send_last(a_abort(ABORT_SOURCE_PROVIDER, reason))
+
+    def _send_last(self, pdu: bytes) -> None:
         """Send the last PDU, then wait (Sta13) for the peer to close, bounded by ARTIM.
 
         NOTE: closing (or half-closing) first races the peer: some requestors
         (pynetdicom) then see a dropped connection instead of the RJ/A-ABORT, and
         a close with unread input makes the kernel send RST, which can destroy it.
         """
-        transport = self._transport
-        if transport is None or transport.is_closing() or self._closing:
+        self._stream.stop()
+        if self._state == "Sta13":
             return
-        self._closing = True
-        transport.write(pdu)
-        if self._artim is not None:
-            self._artim.cancel()
-        loop = asyncio.get_running_loop()
-        self._artim = loop.call_later(self._config.acse_timeout_s, self._artim_expired)
+        self._state = "Sta13"
+        self._write(pdu)
+        self._arm(self._config.acse_timeout_s, self._artim_expired)
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _close(self) -> None:
+        self._state = "Sta13"
+        if self._transport is not None:
+            self._transport.close()
 
 
-async def start_listener(config: DimseConfig) -> asyncio.Server:
+async def start_listener(
+    config: DimseConfig, limits: AssociationLimits, services: Services
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: AssociationAcceptor(config),
+        lambda: AssociationAcceptor(config, limits, services),
         config.host,
         config.port,
         reuse_address=True,

@@ -72,6 +72,8 @@ CREATE TABLE instances (
     transfer_syntax_uid  text NOT NULL,
     file_path            text NOT NULL UNIQUE,
     size_bytes           bigint NOT NULL,
+    -- The data set is the file's last dataset_size bytes, as received.
+    dataset_size         bigint NOT NULL,
     checksum             text NOT NULL,
     source_ae            text,
     called_ae            text,

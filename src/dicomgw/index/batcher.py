@@ -1,0 +1,325 @@
+"""The index writer: instances are indexed in batches, one transaction each.
+
+Receivers ``await index(record)``; a single task gathers what is waiting (up
+to ``batch_size``, or for at most ``max_delay_s`` after the first), COPYs it
+into a temporary staging table and upserts studies, series, instances and
+ingest events from there in one transaction. The caller's future resolves
+only after COMMIT, so Success is never sent for an instance the index does not
+hold. Concurrent associations share transactions (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from dicomgw.index.records import COLUMNS, InstanceRecord
+
+log = logging.getLogger(__name__)
+
+DuplicatePolicy = Literal["reject", "keep-both"]
+
+STAGING_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS staging_instances (
+    seq integer, version integer,
+    {
+    ", ".join(
+        f"{c} {t}"
+        for c, t in (
+            ("study_instance_uid", "text"),
+            ("patient_id", "text"),
+            ("patient_name", "text"),
+            ("patient_birth_date", "text"),
+            ("patient_sex", "text"),
+            ("study_date", "date"),
+            ("study_time", "text"),
+            ("accession_number", "text"),
+            ("study_description", "text"),
+            ("referring_physician_name", "text"),
+            ("series_instance_uid", "text"),
+            ("modality", "text"),
+            ("series_number", "integer"),
+            ("series_description", "text"),
+            ("sop_instance_uid", "text"),
+            ("sop_class_uid", "text"),
+            ("instance_number", "integer"),
+            ("number_of_frames", "integer"),
+            ("transfer_syntax_uid", "text"),
+            ("file_path", "text"),
+            ("size_bytes", "bigint"),
+            ("dataset_size", "bigint"),
+            ("checksum", "text"),
+            ("source_ae", "text"),
+            ("called_ae", "text"),
+            ("source_ip", "inet"),
+            ("association_id", "text"),
+            ("received_at", "timestamptz"),
+        )
+    )
+}
+) ON COMMIT DELETE ROWS
+"""
+
+
+def _latest(column: str) -> str:
+    """The value of the most recent instance that has one."""
+    return f"(array_agg({column} ORDER BY seq DESC) FILTER (WHERE {column} IS NOT NULL))[1]"
+
+
+_STUDY_ATTRS = (
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_description",
+    "referring_physician_name",
+)
+_SERIES_ATTRS = ("modality", "series_number", "series_description")
+
+UPSERT_STUDIES = f"""
+INSERT INTO studies AS s (study_instance_uid, {", ".join(_STUDY_ATTRS)}, modalities,
+                          num_instances, size_bytes, first_received_at, last_received_at)
+SELECT study_instance_uid, {", ".join(_latest(a) for a in _STUDY_ATTRS)},
+       coalesce(array_agg(DISTINCT modality) FILTER (WHERE modality IS NOT NULL), '{{}}'),
+       count(*), sum(size_bytes), min(received_at), max(received_at)
+FROM staging_instances GROUP BY study_instance_uid
+ON CONFLICT (study_instance_uid) DO UPDATE SET
+    {", ".join(f"{a} = coalesce(EXCLUDED.{a}, s.{a})" for a in _STUDY_ATTRS)},
+    modalities = ARRAY(SELECT DISTINCT m FROM unnest(s.modalities || EXCLUDED.modalities) m
+                       ORDER BY m),
+    num_instances = s.num_instances + EXCLUDED.num_instances,
+    size_bytes = s.size_bytes + EXCLUDED.size_bytes,
+    last_received_at = greatest(s.last_received_at, EXCLUDED.last_received_at)
+"""
+
+UPSERT_SERIES = f"""
+INSERT INTO series AS r (study_id, series_instance_uid, {", ".join(_SERIES_ATTRS)},
+                         num_instances, first_received_at, last_received_at)
+SELECT st.id, g.series_instance_uid, {", ".join(f"g.{a}" for a in _SERIES_ATTRS)},
+       g.n, g.first_at, g.last_at
+FROM (SELECT series_instance_uid, min(study_instance_uid) AS study_instance_uid,
+             {", ".join(f"{_latest(a)} AS {a}" for a in _SERIES_ATTRS)},
+             count(*) AS n, min(received_at) AS first_at, max(received_at) AS last_at
+      FROM staging_instances GROUP BY series_instance_uid) g
+JOIN studies st ON st.study_instance_uid = g.study_instance_uid
+ON CONFLICT (series_instance_uid) DO UPDATE SET
+    {", ".join(f"{a} = coalesce(EXCLUDED.{a}, r.{a})" for a in _SERIES_ATTRS)},
+    num_instances = r.num_instances + EXCLUDED.num_instances,
+    last_received_at = greatest(r.last_received_at, EXCLUDED.last_received_at)
+"""
+
+COUNT_SERIES = """
+UPDATE studies s SET num_series = (SELECT count(*) FROM series WHERE study_id = s.id)
+WHERE s.study_instance_uid IN (SELECT DISTINCT study_instance_uid FROM staging_instances)
+"""
+
+INSERT_INSTANCES = """
+INSERT INTO instances (series_id, sop_instance_uid, version, sop_class_uid, instance_number,
+                       number_of_frames, transfer_syntax_uid, file_path, size_bytes,
+                       dataset_size, checksum, source_ae, called_ae, source_ip, received_at)
+SELECT se.id, x.sop_instance_uid, x.version, x.sop_class_uid, x.instance_number,
+       x.number_of_frames, x.transfer_syntax_uid, x.file_path, x.size_bytes, x.dataset_size,
+       x.checksum,
+       x.source_ae, x.called_ae, x.source_ip, x.received_at
+FROM staging_instances x JOIN series se ON se.series_instance_uid = x.series_instance_uid
+ORDER BY x.seq
+RETURNING id, file_path
+"""
+
+INSERT_EVENTS = """
+INSERT INTO ingest_events (event, instance_id, sop_instance_uid, dimse_status, source_ae,
+                           called_ae, source_ip, association_id, size_bytes, detail, at)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::text[],
+                     $6::text[], $7::inet[], $8::text[], $9::bigint[], $10::text[],
+                     $11::timestamptz[])
+"""
+
+LOCK_UIDS = """
+SELECT pg_advisory_xact_lock(h)
+FROM (SELECT DISTINCT hashtextextended(u, 0) AS h FROM unnest($1::text[]) u ORDER BY 1) k
+"""
+
+EXISTING = """
+SELECT sop_instance_uid, id, version, checksum, dataset_size FROM instances
+WHERE sop_instance_uid = ANY($1::text[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexOutcome:
+    """``stored``: a new row; ``duplicate``: identical bytes already indexed (the
+    new file is redundant); ``conflict``: same UID, other bytes, refused by policy."""
+
+    kind: Literal["stored", "duplicate", "conflict"]
+    instance_id: int
+    version: int = 1
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Pool ``init``: the staging table lives per session."""
+    await conn.execute(STAGING_DDL)
+
+
+class IndexBatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        batch_size: int,
+        max_delay_s: float,
+        duplicate_policy: DuplicatePolicy,
+    ) -> None:
+        self._pool = pool
+        self._batch_size = batch_size
+        self._max_delay_s = max_delay_s
+        self._policy = duplicate_policy
+        self._queue: asyncio.Queue[tuple[InstanceRecord, asyncio.Future[IndexOutcome]]] = (
+            asyncio.Queue()
+        )
+        self._task: asyncio.Task[None] | None = None
+        # Read by the metrics collector.
+        self.batches = 0
+        self.instances = 0
+        self.last_batch_size = 0
+        self.last_batch_seconds = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="index-batcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(ConnectionError("the index writer stopped"))
+
+    async def index(self, record: InstanceRecord) -> IndexOutcome:
+        future: asyncio.Future[IndexOutcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put((record, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self._max_delay_s
+            while len(batch) < self._batch_size:
+                if self._queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                else:
+                    batch.append(self._queue.get_nowait())
+            started = time.perf_counter()
+            try:
+                outcomes = await self._write([record for record, _ in batch])
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.error("index batch failed", extra={"size": len(batch), "error": str(exc)})
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.instances += len(batch)
+            self.last_batch_size = len(batch)
+            self.last_batch_seconds = time.perf_counter() - started
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
+    async def _write(self, batch: Sequence[InstanceRecord]) -> list[IndexOutcome]:
+        uids = [r.sop_instance_uid for r in batch]
+        async with self._pool.acquire() as conn, conn.transaction():
+            # NOTE: serializes writers (other processes) on the same UIDs, so
+            # two concurrent identical sends produce one row.
+            await conn.execute(LOCK_UIDS, uids)
+            known: dict[str, list[tuple[int, int, str, int]]] = {}
+            for row in await conn.fetch(EXISTING, uids):
+                known.setdefault(row["sop_instance_uid"], []).append(
+                    (row["id"], row["version"], row["checksum"], row["dataset_size"])
+                )
+            outcomes: list[IndexOutcome | None] = []
+            new_versions: dict[int, int] = {}
+            rows = []
+            for seq, record in enumerate(batch):
+                versions = known.setdefault(record.sop_instance_uid, [])
+                same = [
+                    v for v in versions if v[2] == record.checksum and v[3] == record.dataset_size
+                ]
+                if same:
+                    outcomes.append(IndexOutcome("duplicate", same[0][0], same[0][1]))
+                elif versions and self._policy == "reject":
+                    newest = max(versions, key=lambda v: v[1])
+                    outcomes.append(IndexOutcome("conflict", newest[0], newest[1]))
+                else:
+                    version = max((v[1] for v in versions), default=0) + 1
+                    # Instance id is filled in after INSERT; -seq marks "this batch".
+                    versions.append((-seq - 1, version, record.checksum, record.dataset_size))
+                    outcomes.append(None)
+                    new_versions[seq] = version
+                    rows.append((seq, version, *record.row(seq)[1:]))
+            ids: dict[str, int] = {}
+            if rows:
+                await conn.copy_records_to_table(
+                    "staging_instances", records=rows, columns=["seq", "version", *COLUMNS[1:]]
+                )
+                await conn.execute(UPSERT_STUDIES)
+                await conn.execute(UPSERT_SERIES)
+                await conn.execute(COUNT_SERIES)
+                ids = {r["file_path"]: r["id"] for r in await conn.fetch(INSERT_INSTANCES)}
+            final: list[IndexOutcome] = []
+            for seq, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+                if outcome is None:
+                    final.append(IndexOutcome("stored", ids[record.file_path], new_versions[seq]))
+                elif outcome.instance_id < 0:
+                    # An identical copy earlier in this same batch.
+                    first = batch[-outcome.instance_id - 1]
+                    final.append(IndexOutcome("duplicate", ids[first.file_path], outcome.version))
+                else:
+                    final.append(outcome)
+            await self._events(conn, batch, final)
+        return final
+
+    async def _events(
+        self,
+        conn: asyncpg.Connection,
+        batch: Sequence[InstanceRecord],
+        outcomes: list[IndexOutcome],
+    ) -> None:
+        kinds = {"duplicate": "duplicate", "conflict": "rejected"}
+        await conn.execute(
+            INSERT_EVENTS,
+            [kinds.get(o.kind, r.event) for o, r in zip(outcomes, batch, strict=True)],
+            [o.instance_id for o in outcomes],
+            [r.sop_instance_uid for r in batch],
+            [0x0111 if o.kind == "conflict" else 0 for o in outcomes],
+            [r.source_ae for r in batch],
+            [r.called_ae for r in batch],
+            [r.source_ip for r in batch],
+            [r.association_id for r in batch],
+            [r.size_bytes for r in batch],
+            [
+                f"same SOP Instance UID stored with other content (version {o.version})"
+                if o.kind == "conflict"
+                else None
+                for o in outcomes
+            ],
+            [r.received_at for r in batch],
+        )

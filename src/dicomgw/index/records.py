@@ -1,0 +1,141 @@
+"""Index rows from the attributes the compiled core scanned out of a data set."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pydicom.charset import convert_encodings, decode_bytes
+
+# Tags as the compiled scan reports them (group << 16 | element).
+PATIENT_NAME = 0x00100010
+PATIENT_ID = 0x00100020
+PATIENT_BIRTH_DATE = 0x00100030
+PATIENT_SEX = 0x00100040
+STUDY_INSTANCE_UID = 0x0020000D
+STUDY_DATE = 0x00080020
+STUDY_TIME = 0x00080030
+ACCESSION_NUMBER = 0x00080050
+STUDY_DESCRIPTION = 0x00081030
+REFERRING_PHYSICIAN_NAME = 0x00080090
+SERIES_INSTANCE_UID = 0x0020000E
+SERIES_NUMBER = 0x00200011
+MODALITY = 0x00080060
+SERIES_DESCRIPTION = 0x0008103E
+SOP_INSTANCE_UID = 0x00080018
+SOP_CLASS_UID = 0x00080016
+INSTANCE_NUMBER = 0x00200013
+NUMBER_OF_FRAMES = 0x00280008
+SPECIFIC_CHARACTER_SET = 0x00080005
+
+# Columns of the COPY staging table, in order (see index/batcher.py).
+COLUMNS = (
+    "seq",
+    "study_instance_uid",
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_description",
+    "referring_physician_name",
+    "series_instance_uid",
+    "modality",
+    "series_number",
+    "series_description",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "instance_number",
+    "number_of_frames",
+    "transfer_syntax_uid",
+    "file_path",
+    "size_bytes",
+    "dataset_size",
+    "checksum",
+    "source_ae",
+    "called_ae",
+    "source_ip",
+    "association_id",
+    "received_at",
+)
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    study_instance_uid: str
+    patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    study_date: dt.date | None
+    study_time: str | None
+    accession_number: str | None
+    study_description: str | None
+    referring_physician_name: str | None
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    number_of_frames: int | None
+    transfer_syntax_uid: str
+    file_path: str
+    size_bytes: int
+    dataset_size: int
+    checksum: str
+    source_ae: str | None
+    called_ae: str | None
+    source_ip: str | None
+    association_id: str | None
+    received_at: dt.datetime
+    event: str = "stored"
+    """The ingest event: 'stored', or 'recovered' at start-up."""
+
+    def row(self, seq: int) -> tuple[object, ...]:
+        return (seq, *(getattr(self, name) for name in COLUMNS[1:]))
+
+
+class Attributes:
+    """Typed access to scanned values: text decoded with the data set's character set."""
+
+    def __init__(self, values: dict[int, bytes]) -> None:
+        self._values = values
+        charset = values.get(SPECIFIC_CHARACTER_SET)
+        terms = charset.decode("ascii", "replace").split("\\") if charset else None
+        self._encodings = convert_encodings([t.strip() for t in terms] if terms else None)
+
+    def ascii(self, tag: int) -> str | None:
+        """UIDs, codes, dates: the default repertoire."""
+        raw = self._values.get(tag)
+        return raw.decode("ascii", "replace").strip() or None if raw is not None else None
+
+    def text(self, tag: int) -> str | None:
+        """PN, LO, SH: may use the data set's character set (PS3.5 6.1.2.5)."""
+        raw = self._values.get(tag)
+        if raw is None:
+            return None
+        return decode_bytes(raw, self._encodings, {0x5C, 0x3D, 0x5E}).strip() or None
+
+    def integer(self, tag: int) -> int | None:
+        """IS: an integer string, possibly multi-valued or padded; None if not one."""
+        raw = self.ascii(tag)
+        if raw is None:
+            return None
+        try:
+            value = int(raw.split("\\")[0].strip())
+        except ValueError:
+            return None
+        return value if -(2**31) <= value < 2**31 else None
+
+    def date(self, tag: int) -> dt.date | None:
+        raw = self.ascii(tag)
+        if raw is None or len(raw) != 8 or not raw.isdigit():
+            return None
+        try:
+            return dt.date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
+        except ValueError:
+            return None

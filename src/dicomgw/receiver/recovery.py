@@ -1,0 +1,127 @@
+"""Start-up recovery: what a crash (kill -9, power loss) can leave behind.
+
+- ``incoming/*.part``: an instance that was never acknowledged; removed.
+- a complete object under ``objects/`` that the index lacks: the crash came
+  between the rename and the index COMMIT, so the peer may or may not have
+  seen Success; it is verified and indexed (event ``recovered``). One that
+  does not verify is moved to ``quarantine/`` for an operator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+
+import asyncpg
+
+from dicomgw._core import crc32c
+from dicomgw.errors import DicomGwError
+from dicomgw.index import records as tags
+from dicomgw.index.batcher import IndexBatcher
+from dicomgw.index.records import Attributes, InstanceRecord
+from dicomgw.receiver.store import CHECKSUM_PREFIX, scan
+from dicomgw.storage.layout import StorageLayout
+from dicomgw.storage.part10 import parse_file_meta
+from dicomgw.storage.spool import OBJECT_SUFFIX, PART_SUFFIX
+
+log = logging.getLogger(__name__)
+
+HEAD_BYTES = 65536
+READ_CHUNK = 4 * 1024 * 1024
+
+
+async def recover(
+    layout: StorageLayout, pool: asyncpg.Pool, batcher: IndexBatcher
+) -> dict[str, int]:
+    counts = {"partial_removed": 0, "recovered": 0, "quarantined": 0}
+    for part in layout.incoming.glob(f"*{PART_SUFFIX}"):
+        part.unlink(missing_ok=True)
+        counts["partial_removed"] += 1
+    on_disk = {
+        str(path.relative_to(layout.root)) for path in layout.objects.glob(f"*/*/*{OBJECT_SUFFIX}")
+    }
+    if on_disk:
+        async with pool.acquire() as conn:
+            indexed = {
+                r["file_path"]
+                for r in await conn.fetch(
+                    "SELECT file_path FROM instances WHERE file_path = ANY($1::text[])",
+                    list(on_disk),
+                )
+            }
+        for relative in sorted(on_disk - indexed):
+            try:
+                record = read_record(layout.root, relative)
+            except (OSError, DicomGwError) as exc:
+                target = layout.quarantine / Path(relative).name
+                os.rename(layout.root / relative, target)
+                counts["quarantined"] += 1
+                log.error(
+                    "unindexed object does not verify: quarantined",
+                    extra={"file": relative, "error": str(exc)},
+                )
+                continue
+            outcome = await batcher.index(record)
+            if outcome.kind != "stored":
+                (layout.root / relative).unlink()
+            counts["recovered"] += 1
+    if any(counts.values()):
+        log.warning("storage recovery", extra=counts)
+    return counts
+
+
+def read_record(root: Path, relative: str) -> InstanceRecord:
+    """An index record from a stored file (the slow path: it is read whole)."""
+    path = root / relative
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+        meta = parse_file_meta(head)
+        f.seek(meta.dataset_offset)
+        crc = 0
+        dataset_head = b""
+        while chunk := f.read(READ_CHUNK):
+            if len(dataset_head) < HEAD_BYTES:
+                dataset_head += chunk[: HEAD_BYTES - len(dataset_head)]
+            crc = crc32c(chunk, crc)
+        size = f.tell()
+    dataset_size = size - meta.dataset_offset
+    a = Attributes(scan(dataset_head, dataset_size, meta.transfer_syntax_uid))
+    uid = a.ascii(tags.SOP_INSTANCE_UID)
+    if uid != meta.media_storage_sop_instance_uid:
+        raise DicomGwError("SOP Instance UID of the data set differs from the file meta")
+    study, series = a.ascii(tags.STUDY_INSTANCE_UID), a.ascii(tags.SERIES_INSTANCE_UID)
+    if not study or not series:
+        raise DicomGwError("Study or Series Instance UID missing")
+    return InstanceRecord(
+        study_instance_uid=study,
+        patient_id=a.text(tags.PATIENT_ID),
+        patient_name=a.text(tags.PATIENT_NAME),
+        patient_birth_date=a.ascii(tags.PATIENT_BIRTH_DATE),
+        patient_sex=a.ascii(tags.PATIENT_SEX),
+        study_date=a.date(tags.STUDY_DATE),
+        study_time=a.ascii(tags.STUDY_TIME),
+        accession_number=a.text(tags.ACCESSION_NUMBER),
+        study_description=a.text(tags.STUDY_DESCRIPTION),
+        referring_physician_name=a.text(tags.REFERRING_PHYSICIAN_NAME),
+        series_instance_uid=series,
+        modality=a.ascii(tags.MODALITY),
+        series_number=a.integer(tags.SERIES_NUMBER),
+        series_description=a.text(tags.SERIES_DESCRIPTION),
+        sop_instance_uid=uid,
+        sop_class_uid=meta.media_storage_sop_class_uid,
+        instance_number=a.integer(tags.INSTANCE_NUMBER),
+        number_of_frames=a.integer(tags.NUMBER_OF_FRAMES),
+        transfer_syntax_uid=meta.transfer_syntax_uid,
+        file_path=relative,
+        size_bytes=size,
+        dataset_size=dataset_size,
+        checksum=f"{CHECKSUM_PREFIX}{crc:08x}",
+        source_ae=meta.source_ae_title,
+        called_ae=None,
+        source_ip=None,
+        association_id=None,
+        received_at=dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC),
+        event="recovered",
+    )

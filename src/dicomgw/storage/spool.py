@@ -1,0 +1,120 @@
+"""Durable commit of received instances: temp file -> fsync -> rename -> fsync dir.
+
+An instance is written under ``incoming/<key>.part`` while it arrives, then,
+once complete and checked, fsynced (off the event loop), renamed to
+``objects/<k0k1>/<k2k3>/<key>.dcm`` and its directory fsynced. The key is a
+random UUID: paths never contain peer-supplied strings. A crash leaves either
+a ``.part`` file (removed at start-up) or a complete object (indexed at
+start-up if the index misses it); never a partial file under ``objects/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomgw.storage.layout import DIR_MODE, FILE_MODE, StorageLayout
+
+PART_SUFFIX = ".part"
+OBJECT_SUFFIX = ".dcm"
+
+
+@dataclass(slots=True)
+class Incoming:
+    key: str
+    fd: int
+    path: Path
+
+
+class Spool:
+    def __init__(self, layout: StorageLayout, *, fsync: bool, executor: ThreadPoolExecutor) -> None:
+        self.layout = layout
+        self.fsync = fsync
+        self._executor = executor
+        self._dirs: set[Path] = set()
+
+    def open_incoming(self, header: bytes) -> Incoming:
+        """Create the temp file and write the Part 10 header; the data set follows."""
+        key = uuid.uuid4().hex
+        path = self.layout.incoming / f"{key}{PART_SUFFIX}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            view = memoryview(header)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return Incoming(key, fd, path)
+
+    def object_path(self, key: str) -> Path:
+        """Relative to the storage root, as stored in the index."""
+        return Path("objects") / key[0:2] / key[2:4] / f"{key}{OBJECT_SUFFIX}"
+
+    async def commit(self, incoming: Incoming) -> Path:
+        """Make the instance durable under objects/; returns its relative path.
+
+        NOTE: a failed fsync is a failed store: the fd is closed and the file
+        removed, never fsynced again (the kernel may have dropped the dirty pages).
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._commit, incoming)
+
+    def _commit(self, incoming: Incoming) -> Path:
+        relative = self.object_path(incoming.key)
+        target = self.layout.root / relative
+        try:
+            if self.fsync:
+                os.fsync(incoming.fd)
+        except OSError:
+            self.discard(incoming)
+            raise
+        os.close(incoming.fd)
+        incoming.fd = -1
+        try:
+            self._ensure_dir(target.parent)
+            os.rename(incoming.path, target)
+            if self.fsync:
+                _fsync_dir(target.parent)
+        except OSError:
+            incoming.path.unlink(missing_ok=True)
+            raise
+        return relative
+
+    def _ensure_dir(self, path: Path) -> None:
+        if path in self._dirs:
+            return
+        created = []
+        for directory in (path.parent, path):
+            try:
+                os.mkdir(directory, DIR_MODE)
+                created.append(directory)
+            except FileExistsError:
+                pass
+        # A new directory entry is durable only once its parent is fsynced.
+        if self.fsync:
+            for directory in created:
+                _fsync_dir(directory.parent)
+        self._dirs.add(path)
+
+    def discard(self, incoming: Incoming) -> None:
+        if incoming.fd >= 0:
+            os.close(incoming.fd)
+            incoming.fd = -1
+        incoming.path.unlink(missing_ok=True)
+
+    def remove_object(self, relative: Path) -> None:
+        (self.layout.root / relative).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
