@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 import warnings
 from io import BytesIO
@@ -427,10 +429,41 @@ def test_malformed_data_set_error() -> None:
 # -- truncation ----------------------------------------------------------------------
 
 
+PROT_NONE = 0  # <sys/mman.h>; the mmap module has PROT_READ/WRITE/EXEC only
+
+
+class GuardedBuffer:
+    """Memory whose end is followed by an inaccessible page, so that a read past the
+    end of head is a crash (SIGSEGV) rather than a silent read of whatever is there.
+
+    NOTE: boundscheck is off in the release build, so this is what checks it.
+    """
+
+    def __init__(self, size: int = 1 << 18) -> None:
+        page = mmap.PAGESIZE
+        self.size = size
+        self._map = mmap.mmap(-1, size + page)
+        self._ctypes_view = (ctypes.c_char * (size + page)).from_buffer(self._map)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        if libc.mprotect(ctypes.addressof(self._ctypes_view) + size, page, PROT_NONE):
+            raise OSError(ctypes.get_errno(), "mprotect of the guard page failed")
+
+    def holding(self, data: bytes) -> memoryview:
+        """data placed so that its last byte is the last readable one."""
+        assert len(data) <= self.size
+        start = self.size - len(data)
+        self._map[start : self.size] = data
+        return memoryview(self._map)[start : self.size]
+
+
+GUARDED = GuardedBuffer()
+
+
 def check_every_prefix(data: bytes, explicit_vr: bool, little_endian: bool) -> None:
     full = scan_metadata(data, explicit_vr, little_endian, True)
     for cut in range(len(data)):
-        head = data[:cut]
+        head = GUARDED.holding(data[:cut])
         got = scan_metadata(head, explicit_vr, little_endian, False)
         # Only the value cut at the end can differ (then it is absent, or complete
         # but for its padding, which stripping makes equal).

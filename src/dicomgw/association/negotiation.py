@@ -165,29 +165,41 @@ def _is_storage(abstract_syntax: str) -> bool:
 def _supported_contexts(
     proposed: Iterable[PresentationContext], config: DimseConfig
 ) -> list[PresentationContext]:
-    """Acceptor contexts for what was proposed: our policy over the proposal."""
+    """Acceptor contexts for what was proposed: our policy over the proposal.
+
+    A requestor may propose one SOP class in several contexts, one transfer
+    syntax each (modalities, storescu's fallbacks): every syntax proposed for a
+    class counts, so pynetdicom can accept each of those contexts with its own.
+    """
     allowed_sop = set(config.accepted_sop_classes)
     allowed_ts = list(config.accepted_transfer_syntaxes)
-    supported: dict[str, PresentationContext] = {}
+    proposed_ts: dict[str, list[str]] = {}
     for rq in proposed:
         uid = str(rq.abstract_syntax)
-        if uid in supported or not is_valid_uid(uid):
+        if not is_valid_uid(uid):
             continue
         if uid != VERIFICATION_SOP_CLASS:
             if allowed_sop and uid not in allowed_sop:
                 continue
             if not allowed_sop and not _is_storage(uid):
                 continue
+        syntaxes = proposed_ts.setdefault(uid, [])
+        syntaxes.extend(
+            str(ts)
+            for ts in rq.transfer_syntax
+            if is_valid_uid(str(ts)) and str(ts) not in syntaxes
+        )
+    supported = []
+    for uid, syntaxes in proposed_ts.items():
         cx = PresentationContext()
         cx.abstract_syntax = UID(uid)
         # NOTE: the data set is stored as received, so any transfer syntax costs
         # the same; by default take the requestor's first (its preference).
-        proposed_ts = [str(ts) for ts in rq.transfer_syntax if is_valid_uid(str(ts))]
-        cx.transfer_syntax = [ts for ts in (allowed_ts or proposed_ts) if ts in proposed_ts]
+        cx.transfer_syntax = [ts for ts in (allowed_ts or syntaxes) if ts in syntaxes]
         if cx.transfer_syntax:
             cx.scu_role, cx.scp_role = None, None
-            supported[uid] = cx
-    return list(supported.values())
+            supported.append(cx)
+    return supported
 
 
 def negotiate(request: Request, config: DimseConfig, max_pdu: int) -> Acceptance:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +25,8 @@ from dicomgw.index.records import COLUMNS, InstanceRecord
 log = logging.getLogger(__name__)
 
 DuplicatePolicy = Literal["reject", "keep-both"]
+# (stored file path, new file path, data set size) -> are the data sets byte-equal?
+SameContent = Callable[[str, str, int], Awaitable[bool]]
 
 STAGING_DDL = f"""
 CREATE TEMP TABLE IF NOT EXISTS staging_instances (
@@ -150,7 +152,7 @@ FROM (SELECT DISTINCT hashtextextended(u, 0) AS h FROM unnest($1::text[]) u ORDE
 """
 
 EXISTING = """
-SELECT sop_instance_uid, id, version, checksum, dataset_size FROM instances
+SELECT sop_instance_uid, id, version, checksum, dataset_size, file_path FROM instances
 WHERE sop_instance_uid = ANY($1::text[])
 """
 
@@ -178,8 +180,10 @@ class IndexBatcher:
         batch_size: int,
         max_delay_s: float,
         duplicate_policy: DuplicatePolicy,
+        same_content: SameContent,
     ) -> None:
         self._pool = pool
+        self._same_content = same_content
         self._batch_size = batch_size
         self._max_delay_s = max_delay_s
         self._policy = duplicate_policy
@@ -250,18 +254,31 @@ class IndexBatcher:
             # NOTE: serializes writers (other processes) on the same UIDs, so
             # two concurrent identical sends produce one row.
             await conn.execute(LOCK_UIDS, uids)
-            known: dict[str, list[tuple[int, int, str, int]]] = {}
+            # (instance id, version, checksum, data set size, file path)
+            known: dict[str, list[tuple[int, int, str, int, str]]] = {}
             for row in await conn.fetch(EXISTING, uids):
                 known.setdefault(row["sop_instance_uid"], []).append(
-                    (row["id"], row["version"], row["checksum"], row["dataset_size"])
+                    (
+                        row["id"],
+                        row["version"],
+                        row["checksum"],
+                        row["dataset_size"],
+                        row["file_path"],
+                    )
                 )
             outcomes: list[IndexOutcome | None] = []
             new_versions: dict[int, int] = {}
             rows = []
             for seq, record in enumerate(batch):
                 versions = known.setdefault(record.sop_instance_uid, [])
+                # NOTE: equal CRC-32C and size are confirmed byte for byte: a
+                # collision must never turn other data into a silent "duplicate".
                 same = [
-                    v for v in versions if v[2] == record.checksum and v[3] == record.dataset_size
+                    v
+                    for v in versions
+                    if v[2] == record.checksum
+                    and v[3] == record.dataset_size
+                    and await self._same_content(v[4], record.file_path, record.dataset_size)
                 ]
                 if same:
                     outcomes.append(IndexOutcome("duplicate", same[0][0], same[0][1]))
@@ -271,7 +288,9 @@ class IndexBatcher:
                 else:
                     version = max((v[1] for v in versions), default=0) + 1
                     # Instance id is filled in after INSERT; -seq marks "this batch".
-                    versions.append((-seq - 1, version, record.checksum, record.dataset_size))
+                    versions.append(
+                        (-seq - 1, version, record.checksum, record.dataset_size, record.file_path)
+                    )
                     outcomes.append(None)
                     new_versions[seq] = version
                     rows.append((seq, version, *record.row(seq)[1:]))

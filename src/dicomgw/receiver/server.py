@@ -38,6 +38,7 @@ class Receiver:
             batch_size=config.index.batch_size,
             max_delay_s=config.index.max_delay_ms / 1000,
             duplicate_policy=config.storage.duplicate_policy,
+            same_content=self.spool.same_dataset,
         )
         self.limits = AssociationLimits(config.dimse)
         self.service = StorageService(

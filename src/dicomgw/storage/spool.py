@@ -21,6 +21,7 @@ from dicomgw.storage.layout import DIR_MODE, FILE_MODE, StorageLayout
 
 PART_SUFFIX = ".part"
 OBJECT_SUFFIX = ".dcm"
+COMPARE_CHUNK = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -108,8 +109,32 @@ class Spool:
             incoming.fd = -1
         incoming.path.unlink(missing_ok=True)
 
+    async def same_dataset(self, stored: str, new: str, dataset_size: int) -> bool:
+        """Are the last ``dataset_size`` bytes (the data sets) of two objects equal?"""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            _same_tail,
+            self.layout.root / stored,
+            self.layout.root / new,
+            dataset_size,
+        )
+
     def remove_object(self, relative: Path) -> None:
         (self.layout.root / relative).unlink(missing_ok=True)
+
+
+def _same_tail(a: Path, b: Path, size: int) -> bool:
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            fa.seek(-size, os.SEEK_END)
+            fb.seek(-size, os.SEEK_END)
+            while chunk := fa.read(COMPARE_CHUNK):
+                if fb.read(len(chunk)) != chunk:
+                    return False
+            return True
+    except OSError:
+        return False
 
 
 def _fsync_dir(path: Path) -> None:
