@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -102,4 +103,7 @@ async def gateway_factory(state_dir: Path, empty_db: str) -> AsyncIterator[Calla
     yield make
     for gateway in made:
         if gateway.proc is not None:
-            gateway.kill()
+            try:
+                gateway.stop()
+            except subprocess.TimeoutExpired:
+                gateway.kill()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from dicomgw.storage.layout import prepare_storage
 log = logging.getLogger(__name__)
 
 API_STOP_TIMEOUT_S = 10.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def run(config: Config, config_file: str | None) -> None:
@@ -125,7 +127,13 @@ async def _start_api(config: Config, config_file: str | None) -> asyncio.subproc
         "warning",
         "dicomgw.api.app:create_app_from_env",
     ]
-    return await asyncio.create_subprocess_exec(*argv, env=env)
+    return await asyncio.create_subprocess_exec(*argv, env=env, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the API child: SIGTERM it when serve dies, even by kill -9 (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def _stop_api(api: asyncio.subprocess.Process) -> None:

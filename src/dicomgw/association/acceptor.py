@@ -171,9 +171,12 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._host = "?"
         self._port = 0
         self._admitted = False
+        # The C-STORE whose data set is arriving, and the ones being committed
+        # (answered in order: each completion waits for the one before it).
         self._operation: StoreOperation | None = None
         self._operation_command: Command | None = None
-        self._pending: asyncio.Task[None] | None = None
+        self._tail: asyncio.Task[None] | None = None
+        self._inflight = 0
         self._release_requested = False
         self._last_activity = time.monotonic()
         self.assoc_id = f"a{next(_ids)}"
@@ -211,6 +214,10 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         except CommandError as exc:
             log.warning("malformed command set, aborting", extra={"error": str(exc)})
             self._abort(ABORT_UNRECOGNIZED_PDU_PARAMETER)
+        except Exception:
+            # NOTE: a bug must cost this association, never the receiver.
+            log.exception("internal error while receiving: aborting the association")
+            self._abort(ABORT_REASON_NOT_SPECIFIED)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -219,7 +226,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         context_id.set(self.assoc_id)
         if self._timer is not None:
             self._timer.cancel()
-        if self._operation is not None and self._pending is None:
+        if self._operation is not None:
             self._operation.abandon()
             log.warning("connection lost inside a data set: the partial instance is discarded")
         self._operation = None
@@ -243,7 +250,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         elif pdu_type == A_ABORT:
             log.warning("peer aborted the association", extra={"source_reason": pdu[8:10].hex()})
             self._stream.stop()
-            if self._operation is not None and self._pending is None:
+            if self._operation is not None:
                 self._operation.abandon()
                 self._operation = None
             self._close()
@@ -291,8 +298,8 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             log.warning("A-RELEASE-RQ in the middle of a message: aborting")
             self._abort(ABORT_UNEXPECTED_PDU)
             return
-        if self._pending is not None:
-            # PS3.8 Sta8: answer the outstanding C-STORE first, then release.
+        if self._inflight:
+            # PS3.8 Sta8: answer the outstanding C-STOREs first, then release.
             self._release_requested = True
             return
         log.info("association released")
@@ -304,6 +311,8 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         assert self._peer is not None
         command = decode_command(data)
         context = self._peer.acceptance.contexts[context_id]
+        # NOTE: a requestor that sends the next request before our response
+        # breaks PS3.7 D.3.3.3 (window 1); it is served anyway, answers in order.
         if command.command_field == C_ECHO_RQ:
             response = encode_c_echo_rsp(command.message_id or 0, SUCCESS)
             self._write(p_data_command(context_id, response))
@@ -329,9 +338,11 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         crc, size, head, write_errno = self._stream.finish_dataset()
         operation, command = self._operation, self._operation_command
         assert operation is not None and command is not None
+        self._operation = self._operation_command = None
         dataset = ReceivedDataSet(crc, size, head, write_errno)
-        self._pending = asyncio.get_running_loop().create_task(
-            self._complete(operation, command, context_id, dataset)
+        self._inflight += 1
+        self._tail = asyncio.get_running_loop().create_task(
+            self._complete(operation, command, context_id, dataset, self._tail)
         )
 
     async def _complete(
@@ -340,18 +351,19 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         command: Command,
         context_id: int,
         dataset: ReceivedDataSet,
+        previous: asyncio.Task[None] | None,
     ) -> None:
         """Finish one C-STORE off the receive path and answer it (PS3.7 9.3.1.2)."""
         try:
             status, comment = await operation.finish(dataset)
+            if previous is not None:
+                await previous  # responses go out in request order
         except Exception:
             log.exception("C-STORE failed unexpectedly: aborting the association")
             self._abort(ABORT_REASON_NOT_SPECIFIED)
             return
         finally:
-            self._operation = None
-            self._operation_command = None
-            self._pending = None
+            self._inflight -= 1
         if self._state != "Sta6":
             return
         response = encode_c_store_rsp(
@@ -362,7 +374,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             comment,
         )
         self._write(p_data_command(context_id, response))
-        if self._release_requested:
+        if self._release_requested and not self._inflight:
             log.info("association released")
             self._send_last(A_RELEASE_RP)
 
@@ -382,7 +394,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
     def _idle_check(self) -> None:
         idle = time.monotonic() - self._last_activity
         timeout = self._config.network_timeout_s
-        if idle < timeout or self._pending is not None:
+        if idle < timeout or self._inflight:
             self._arm(max(0.1, timeout - idle), self._idle_check)
             return
         context_id.set(self.assoc_id)
@@ -392,7 +404,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._abort(ABORT_REASON_NOT_SPECIFIED)
 
     def _abort(self, reason: int) -> None:
-        if self._operation is not None and self._pending is None:
+        if self._operation is not None:
             self._operation.abandon()
             self._operation = None
         self._send_last(a_abort(ABORT_SOURCE_PROVIDER, reason))

@@ -20,6 +20,7 @@ from typing import Literal
 
 import asyncpg
 
+from dicomgw.errors import DicomGwError
 from dicomgw.index.records import COLUMNS, InstanceRecord
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,21 @@ WHERE sop_instance_uid = ANY($1::text[])
 """
 
 
+class IndexUnavailable(DicomGwError):
+    """The instance was not indexed. ``maybe_committed``: the connection was lost
+    or timed out during COMMIT, so the row may exist after all."""
+
+    def __init__(self, reason: str, *, maybe_committed: bool) -> None:
+        self.reason = reason
+        self.maybe_committed = maybe_committed
+        super().__init__(f"index unavailable: {reason}")
+
+
+# Errors where the server refused this batch's data: retrying the instances one
+# by one isolates the bad one instead of failing its neighbours.
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
 @dataclass(frozen=True, slots=True)
 class IndexOutcome:
     """``stored``: a new row; ``duplicate``: identical bytes already indexed (the
@@ -181,7 +197,9 @@ class IndexBatcher:
         max_delay_s: float,
         duplicate_policy: DuplicatePolicy,
         same_content: SameContent,
+        timeout_s: float,
     ) -> None:
+        self._timeout_s = timeout_s
         self._pool = pool
         self._same_content = same_content
         self._batch_size = batch_size
@@ -208,7 +226,9 @@ class IndexBatcher:
         while not self._queue.empty():
             _, future = self._queue.get_nowait()
             if not future.done():
-                future.set_exception(ConnectionError("the index writer stopped"))
+                future.set_exception(
+                    IndexUnavailable("the index writer stopped", maybe_committed=False)
+                )
 
     async def index(self, record: InstanceRecord) -> IndexOutcome:
         future: asyncio.Future[IndexOutcome] = asyncio.get_running_loop().create_future()
@@ -232,88 +252,136 @@ class IndexBatcher:
                 else:
                     batch.append(self._queue.get_nowait())
             started = time.perf_counter()
-            try:
-                outcomes = await self._write([record for record, _ in batch])
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.error("index batch failed", extra={"size": len(batch), "error": str(exc)})
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+            results = await self._write_or_split([record for record, _ in batch])
             self.batches += 1
             self.instances += len(batch)
             self.last_batch_size = len(batch)
             self.last_batch_seconds = time.perf_counter() - started
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if not future.done():
-                    future.set_result(outcome)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, IndexUnavailable):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
-    async def _write(self, batch: Sequence[InstanceRecord]) -> list[IndexOutcome]:
+    async def _write_or_split(
+        self, batch: Sequence[InstanceRecord]
+    ) -> list[IndexOutcome | IndexUnavailable]:
+        try:
+            return list(await self._write_bounded(batch))
+        except _DATA_ERRORS as exc:
+            if len(batch) == 1:
+                log.error("index refused an instance", extra={"error": str(exc)})
+                return [IndexUnavailable(f"refused: {exc}", maybe_committed=False)]
+            results: list[IndexOutcome | IndexUnavailable] = []
+            for record in batch:
+                results.extend(await self._write_or_split([record]))
+            return results
+        except IndexUnavailable as exc:
+            log.error("index batch failed", extra={"size": len(batch), "error": exc.reason})
+            return [exc] * len(batch)
+
+    async def _write_bounded(self, batch: Sequence[InstanceRecord]) -> list[IndexOutcome]:
+        """_write under a deadline; failures say whether COMMIT may have happened.
+
+        NOTE: statement_timeout is the server's; a frozen or unreachable server
+        needs this client-side bound, or every association would wait forever.
+        """
+        state = {"committing": False}
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._write(batch, state)
+        except _DATA_ERRORS:
+            raise
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise IndexUnavailable(
+                f"{type(exc).__name__}: {exc}", maybe_committed=state["committing"]
+            ) from None
+
+    async def _write(
+        self, batch: Sequence[InstanceRecord], state: dict[str, bool]
+    ) -> list[IndexOutcome]:
         uids = [r.sop_instance_uid for r in batch]
-        async with self._pool.acquire() as conn, conn.transaction():
-            # NOTE: serializes writers (other processes) on the same UIDs, so
-            # two concurrent identical sends produce one row.
-            await conn.execute(LOCK_UIDS, uids)
-            # (instance id, version, checksum, data set size, file path)
-            known: dict[str, list[tuple[int, int, str, int, str]]] = {}
-            for row in await conn.fetch(EXISTING, uids):
-                known.setdefault(row["sop_instance_uid"], []).append(
-                    (
-                        row["id"],
-                        row["version"],
-                        row["checksum"],
-                        row["dataset_size"],
-                        row["file_path"],
-                    )
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                final = await self._write_in(conn, batch, uids)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            state["committing"] = True
+            await transaction.commit()
+        return final
+
+    async def _write_in(
+        self, conn: asyncpg.Connection, batch: Sequence[InstanceRecord], uids: list[str]
+    ) -> list[IndexOutcome]:
+        # NOTE: serializes writers (other processes) on the same UIDs, so
+        # two concurrent identical sends produce one row.
+        await conn.execute(LOCK_UIDS, uids)
+        # (instance id, version, checksum, data set size, file path)
+        known: dict[str, list[tuple[int, int, str, int, str]]] = {}
+        for row in await conn.fetch(EXISTING, uids):
+            known.setdefault(row["sop_instance_uid"], []).append(
+                (
+                    row["id"],
+                    row["version"],
+                    row["checksum"],
+                    row["dataset_size"],
+                    row["file_path"],
                 )
-            outcomes: list[IndexOutcome | None] = []
-            new_versions: dict[int, int] = {}
-            rows = []
-            for seq, record in enumerate(batch):
-                versions = known.setdefault(record.sop_instance_uid, [])
-                # NOTE: equal CRC-32C and size are confirmed byte for byte: a
-                # collision must never turn other data into a silent "duplicate".
-                same = [
-                    v
-                    for v in versions
-                    if v[2] == record.checksum
-                    and v[3] == record.dataset_size
-                    and await self._same_content(v[4], record.file_path, record.dataset_size)
-                ]
-                if same:
-                    outcomes.append(IndexOutcome("duplicate", same[0][0], same[0][1]))
-                elif versions and self._policy == "reject":
-                    newest = max(versions, key=lambda v: v[1])
-                    outcomes.append(IndexOutcome("conflict", newest[0], newest[1]))
-                else:
-                    version = max((v[1] for v in versions), default=0) + 1
-                    # Instance id is filled in after INSERT; -seq marks "this batch".
-                    versions.append(
-                        (-seq - 1, version, record.checksum, record.dataset_size, record.file_path)
-                    )
-                    outcomes.append(None)
-                    new_versions[seq] = version
-                    rows.append((seq, version, *record.row(seq)[1:]))
-            ids: dict[str, int] = {}
-            if rows:
-                await conn.copy_records_to_table(
-                    "staging_instances", records=rows, columns=["seq", "version", *COLUMNS[1:]]
+            )
+        outcomes: list[IndexOutcome | None] = []
+        new_versions: dict[int, int] = {}
+        rows = []
+        for seq, record in enumerate(batch):
+            versions = known.setdefault(record.sop_instance_uid, [])
+            # NOTE: equal CRC-32C and size are confirmed byte for byte: a
+            # collision must never turn other data into a silent "duplicate".
+            same = [
+                v
+                for v in versions
+                if v[2] == record.checksum
+                and v[3] == record.dataset_size
+                and await self._same_content(v[4], record.file_path, record.dataset_size)
+            ]
+            if same:
+                outcomes.append(IndexOutcome("duplicate", same[0][0], same[0][1]))
+            elif versions and self._policy == "reject":
+                newest = max(versions, key=lambda v: v[1])
+                outcomes.append(IndexOutcome("conflict", newest[0], newest[1]))
+            else:
+                version = max((v[1] for v in versions), default=0) + 1
+                # Instance id is filled in after INSERT; -seq marks "this batch".
+                versions.append(
+                    (-seq - 1, version, record.checksum, record.dataset_size, record.file_path)
                 )
-                await conn.execute(UPSERT_STUDIES)
-                await conn.execute(UPSERT_SERIES)
-                await conn.execute(COUNT_SERIES)
-                ids = {r["file_path"]: r["id"] for r in await conn.fetch(INSERT_INSTANCES)}
-            final: list[IndexOutcome] = []
-            for seq, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):
-                if outcome is None:
-                    final.append(IndexOutcome("stored", ids[record.file_path], new_versions[seq]))
-                elif outcome.instance_id < 0:
-                    # An identical copy earlier in this same batch.
-                    first = batch[-outcome.instance_id - 1]
-                    final.append(IndexOutcome("duplicate", ids[first.file_path], outcome.version))
-                else:
-                    final.append(outcome)
-            await self._events(conn, batch, final)
+                outcomes.append(None)
+                new_versions[seq] = version
+                rows.append((seq, version, *record.row(seq)[1:]))
+        ids: dict[str, int] = {}
+        if rows:
+            await conn.copy_records_to_table(
+                "staging_instances", records=rows, columns=["seq", "version", *COLUMNS[1:]]
+            )
+            await conn.execute(UPSERT_STUDIES)
+            await conn.execute(UPSERT_SERIES)
+            await conn.execute(COUNT_SERIES)
+            ids = {r["file_path"]: r["id"] for r in await conn.fetch(INSERT_INSTANCES)}
+        final: list[IndexOutcome] = []
+        for seq, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+            if outcome is None:
+                final.append(IndexOutcome("stored", ids[record.file_path], new_versions[seq]))
+            elif outcome.instance_id < 0:
+                # An identical copy earlier in this same batch.
+                first = batch[-outcome.instance_id - 1]
+                final.append(IndexOutcome("duplicate", ids[first.file_path], outcome.version))
+            else:
+                final.append(outcome)
+        await self._events(conn, batch, final)
         return final
 
     async def _events(

@@ -99,6 +99,11 @@ class InstanceRecord:
         return (seq, *(getattr(self, name) for name in COLUMNS[1:]))
 
 
+def _clean(value: str) -> str | None:
+    # NOTE: PostgreSQL text cannot hold NUL; a peer's stray NUL must not fail a batch.
+    return value.replace("\x00", "").strip() or None
+
+
 class Attributes:
     """Typed access to scanned values: text decoded with the data set's character set."""
 
@@ -111,14 +116,16 @@ class Attributes:
     def ascii(self, tag: int) -> str | None:
         """UIDs, codes, dates: the default repertoire."""
         raw = self._values.get(tag)
-        return raw.decode("ascii", "replace").strip() or None if raw is not None else None
+        if raw is None:
+            return None
+        return _clean(raw.decode("ascii", "replace"))
 
     def text(self, tag: int) -> str | None:
         """PN, LO, SH: may use the data set's character set (PS3.5 6.1.2.5)."""
         raw = self._values.get(tag)
         if raw is None:
             return None
-        return decode_bytes(raw, self._encodings, {0x5C, 0x3D, 0x5E}).strip() or None
+        return _clean(decode_bytes(raw, self._encodings, {0x5C, 0x3D, 0x5E}))
 
     def integer(self, tag: int) -> int | None:
         """IS: an integer string, possibly multi-valued or padded; None if not one."""

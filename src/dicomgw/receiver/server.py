@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 FSYNC_THREADS = 16
 
 
+def index_timeout_s(config: Config) -> float:
+    """How long a C-STORE waits for its index COMMIT before answering 0xA700."""
+    statement_s = config.database.statement_timeout_ms / 1000 or 60.0
+    return statement_s + config.database.connect_timeout_s
+
+
 class Receiver:
     def __init__(self, config: Config, pool: asyncpg.Pool) -> None:
         layout = prepare_storage(config.storage_root)
@@ -39,6 +45,7 @@ class Receiver:
             max_delay_s=config.index.max_delay_ms / 1000,
             duplicate_policy=config.storage.duplicate_policy,
             same_content=self.spool.same_dataset,
+            timeout_s=index_timeout_s(config),
         )
         self.limits = AssociationLimits(config.dimse)
         self.service = StorageService(

@@ -27,10 +27,10 @@ from dicomgw.dimse.status import (
 )
 from dicomgw.errors import MalformedDataSet
 from dicomgw.index import records as tags
-from dicomgw.index.batcher import IndexBatcher
+from dicomgw.index.batcher import IndexBatcher, IndexUnavailable
 from dicomgw.index.records import Attributes, InstanceRecord
 from dicomgw.storage.disk import DiskGuard
-from dicomgw.storage.part10 import InvalidPart10, build_header, parse_file_meta
+from dicomgw.storage.part10 import InvalidPart10, build_header, is_valid_uid, parse_file_meta
 from dicomgw.storage.spool import Incoming, Spool
 
 log = logging.getLogger(__name__)
@@ -198,10 +198,13 @@ class Store:
         record = self._record(dataset, str(relative))
         try:
             outcome = await self._service._batcher.index(record)
-        except (OSError, ConnectionError, TimeoutError, Exception) as exc:
-            # NOTE: not acknowledged, so not kept: the peer will send it again.
-            spool.remove_object(relative)
-            log.error("index unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+        except IndexUnavailable as exc:
+            if exc.maybe_committed:
+                # NOTE: the row may exist: keep the file; start-up recovery settles it.
+                log.error("index commit unconfirmed: file kept", extra={"file": str(relative)})
+            else:
+                # Not indexed and not acknowledged: the peer will send it again.
+                spool.remove_object(relative)
             return OUT_OF_RESOURCES, "index database unavailable"
         if outcome.kind == "stored":
             self._service.stored += 1
@@ -229,10 +232,15 @@ class Store:
         found_class = self._attributes.ascii(tags.SOP_CLASS_UID)
         if found_class != self._sop_class_uid:
             return DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the command's"
-        if not self._attributes.ascii(tags.STUDY_INSTANCE_UID):
-            return DATASET_DOES_NOT_MATCH_SOP_CLASS, "Study Instance UID missing"
-        if not self._attributes.ascii(tags.SERIES_INSTANCE_UID):
-            return DATASET_DOES_NOT_MATCH_SOP_CLASS, "Series Instance UID missing"
+        for tag, name in (
+            (tags.STUDY_INSTANCE_UID, "Study Instance UID"),
+            (tags.SERIES_INSTANCE_UID, "Series Instance UID"),
+        ):
+            uid = self._attributes.ascii(tag)
+            if not uid:
+                return DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing"
+            if not is_valid_uid(uid):
+                return DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{name} is not a valid UID"
         return None
 
     def _record(self, dataset: ReceivedDataSet, relative: str) -> InstanceRecord:

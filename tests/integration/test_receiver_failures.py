@@ -1,0 +1,232 @@
+"""C-STOREs that must not become stored instances: an association ended inside a
+data set, a data set that is not the one the command announced, a hostile SOP
+Instance UID, a full disk, an index database that went away. Each leaves
+nothing under objects/ and no partial file in incoming/."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from dicomgw.db.embedded import EmbeddedPostgres
+from dicomgw.dimse.commands import encode_c_store_rq
+from tests.gateway import Gateway, running
+from tests.integration.scu import (
+    A_ABORT,
+    A_RELEASE_RQ,
+    CT_IMAGE_STORAGE,
+    MCH_COMMAND_LAST,
+    MCH_DATASET,
+    MCH_DATASET_LAST,
+    P_DATA_TF,
+    encode_dataset,
+    files_with_uid,
+    instance_rows,
+    make_dataset,
+    object_files,
+    parts,
+    raw_association,
+    raw_c_store_rq,
+    send,
+    send_concurrently,
+    store_status,
+    wait_until,
+)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+
+
+def start_partial_store(gateway: Gateway, raw_send: Callable[[bytes], None]) -> tuple[str, Path]:
+    """C-STORE-RQ and the first half of its data set; the .part file it opened."""
+    before = parts(gateway.storage)
+    ds = make_dataset()
+    data = encode_dataset(ds)
+    raw_send(p_command(ds.SOPInstanceUID))
+    raw_send(pdv(MCH_DATASET, data[: len(data) // 2]))
+    assert wait_until(lambda: len(parts(gateway.storage) - before) == 1), "no .part was opened"
+    [part] = parts(gateway.storage) - before
+    return ds.SOPInstanceUID, part
+
+
+def p_command(uid: str, message_id: int = 1) -> bytes:
+    return pdv(MCH_COMMAND_LAST, encode_c_store_rq(message_id, CT_IMAGE_STORAGE, uid))
+
+
+def pdv(mch: int, payload: bytes) -> bytes:
+    item = struct.pack(">IBB", len(payload) + 2, 1, mch) + payload
+    return struct.pack(">BBI", P_DATA_TF, 0, len(item)) + item
+
+
+async def assert_not_stored(gateway: Gateway, uid: str) -> None:
+    assert files_with_uid(gateway.storage, uid) == []
+    assert await instance_rows(gateway.dsn or "", uid) == []
+
+
+async def test_release_inside_a_data_set_is_aborted(session_gateway: Gateway) -> None:
+    gw = session_gateway
+    with raw_association(gw.dimse_port) as raw:
+        uid, part = start_partial_store(gw, raw.send)
+        raw.send(A_RELEASE_RQ)
+        pdu = raw.read_pdu()
+    assert pdu is not None and pdu[0] == A_ABORT, pdu
+    assert wait_until(lambda: not part.exists()), f"{part.name} left in incoming/"
+    await assert_not_stored(gw, uid)
+
+
+async def test_connection_dropped_inside_a_data_set(session_gateway: Gateway) -> None:
+    gw = session_gateway
+    with raw_association(gw.dimse_port) as raw:
+        uid, part = start_partial_store(gw, raw.send)
+        # RST rather than FIN: the harshest way for a peer to vanish.
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert wait_until(lambda: not part.exists()), f"{part.name} left in incoming/"
+    await assert_not_stored(gw, uid)
+    assert send(gw.dimse_port, [make_dataset()]) == [SUCCESS]
+
+
+async def test_data_set_uid_differs_from_the_command(session_gateway: Gateway) -> None:
+    gw = session_gateway
+    announced = make_dataset()
+    ds = make_dataset()
+    before = parts(gw.storage)
+    with raw_association(gw.dimse_port) as raw:
+        raw.send(p_command(announced.SOPInstanceUID))
+        raw.send(pdv(MCH_DATASET_LAST, encode_dataset(ds)))
+        status = store_status(raw.read_pdu())
+    assert status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert wait_until(lambda: not parts(gw.storage) - before)
+    await assert_not_stored(gw, announced.SOPInstanceUID)
+    await assert_not_stored(gw, ds.SOPInstanceUID)
+
+
+async def test_second_c_store_before_the_first_response(session_gateway: Gateway) -> None:
+    """Without asynchronous operations negotiated a peer must wait for each response
+    (PS3.7 D.3.3.3); one that does not is served in order or aborted, and leaves no
+    partial file either way."""
+    gw = session_gateway
+    first, second = make_dataset(), make_dataset()
+    data = encode_dataset(second)
+    before = parts(gw.storage)
+    with raw_association(gw.dimse_port) as raw:
+        raw.send(
+            p_command(first.SOPInstanceUID, 1)
+            + pdv(MCH_DATASET_LAST, encode_dataset(first))
+            + p_command(second.SOPInstanceUID, 2)
+            + pdv(MCH_DATASET, data[:4000])
+        )
+        assert store_status(raw.read_pdu()) == SUCCESS
+        with contextlib.suppress(OSError):
+            raw.send(pdv(MCH_DATASET_LAST, data[4000:]))
+        reply = raw.read_pdu()
+    assert reply is not None, "connection dropped without A-ABORT"
+    if reply[0] != A_ABORT:
+        assert store_status(reply) == SUCCESS
+    assert wait_until(lambda: not parts(gw.storage) - before), "a .part left in incoming/"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "../../../../../../../../tmp/dicomgw-evil-{marker}",
+        "1.2.3/../../../dicomgw-evil-{marker}",
+        "1.2.840..{marker}",
+        "..",
+    ],
+)
+async def test_hostile_affected_sop_instance_uid(session_gateway: Gateway, hostile: str) -> None:
+    gw = session_gateway
+    marker = str(uuid.uuid4().int)[:12]
+    uid = hostile.format(marker=marker)
+    ds = make_dataset()
+    ds.SOPInstanceUID = uid
+    before = set(gw.storage.rglob("*"))
+    with raw_association(gw.dimse_port) as raw:
+        raw.send(pdv(MCH_COMMAND_LAST, raw_c_store_rq(1, CT_IMAGE_STORAGE, uid)))
+        # The data set may already be refused (or the association gone).
+        with contextlib.suppress(OSError):
+            raw.send(pdv(MCH_DATASET_LAST, encode_dataset(ds)))
+        pdu = raw.read_pdu()
+    assert pdu is not None, "the connection was dropped without A-ABORT or a response"
+    if pdu[0] != A_ABORT:
+        assert store_status(pdu) != SUCCESS
+    assert wait_until(lambda: not parts(gw.storage) - before)
+    assert files_with_uid(gw.storage, uid) == []
+    elsewhere = {
+        p
+        for p in set(gw.storage.rglob("*")) - before
+        if p.relative_to(gw.storage).parts[0] not in ("objects", "incoming")
+    }
+    assert not elsewhere
+    assert not list(gw.state_dir.parent.rglob(f"*evil-{marker}*"))
+    assert not list(Path("/tmp").glob(f"dicomgw-evil-{marker}*"))
+    assert await instance_rows(gw.dsn or "", uid) == []
+
+
+async def test_above_high_watermark_is_out_of_resources(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    refusing = gateway_factory(
+        DICOMGW_STORAGE__HIGH_WATERMARK_PERCENT="0.001",
+        DICOMGW_STORAGE__LOW_WATERMARK_PERCENT="0.0005",
+    )
+    with running(refusing) as gw:
+        ds = make_dataset()
+        assert send(gw.dimse_port, [ds, make_dataset()]) == [OUT_OF_RESOURCES] * 2
+        assert not object_files(gw.storage)
+        assert wait_until(lambda: not parts(gw.storage))
+        conn = await asyncpg.connect(gw.dsn or "")
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM instances") == 0
+        finally:
+            await conn.close()
+
+
+async def test_one_unindexable_instance_does_not_fail_its_batch(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    # A long batch window so that both instances surely share one index transaction.
+    batching = gateway_factory(DICOMGW_INDEX__MAX_DELAY_MS="300")
+    with running(batching) as gw:
+        bad, good = make_dataset(), make_dataset()
+        bad.PatientID = "AB\x00CD"
+        [[bad_status], [good_status]] = send_concurrently(gw.dimse_port, [[bad], [good]])
+        assert bad_status is not None
+        assert good_status == SUCCESS
+        assert len(await instance_rows(gw.dsn or "", good.SOPInstanceUID)) == 1
+
+
+async def test_index_database_goes_away_and_comes_back(workdir: Path, state_dir: Path) -> None:
+    server = EmbeddedPostgres(workdir / f"pg-{uuid.uuid4().hex[:8]}", run_as="dicomgw")
+    dsn = server.start(adopt=True)
+    try:
+        with running(Gateway(state_dir, dsn)) as gw:
+            first = make_dataset()
+            assert send(gw.dimse_port, [first]) == [SUCCESS]
+
+            server.stop()
+            lost = make_dataset()
+            assert send(gw.dimse_port, [lost]) == [OUT_OF_RESOURCES]
+            assert gw.proc is not None and gw.proc.poll() is None, "serve died with its database"
+            assert files_with_uid(gw.storage, lost.SOPInstanceUID) == []
+            assert wait_until(lambda: not parts(gw.storage))
+
+            assert server.start(adopt=True) == dsn
+            back = make_dataset()
+            assert send(gw.dimse_port, [back]) == [SUCCESS]
+            assert len(files_with_uid(gw.storage, back.SOPInstanceUID)) == 1
+            assert len(await instance_rows(dsn, back.SOPInstanceUID)) == 1
+            assert len(await instance_rows(dsn, first.SOPInstanceUID)) == 1
+            assert await instance_rows(dsn, lost.SOPInstanceUID) == []
+            assert len(object_files(gw.storage)) == 2
+    finally:
+        server.stop()
