@@ -123,8 +123,9 @@ class DimseConfig(_Section, frozen=True):
 class IndexConfig(_Section, frozen=True):
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
     """Most instances indexed in one transaction (one COPY)."""
-    max_delay_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
-    """How long a batch waits for more instances after its first one."""
+    max_delay_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 0.0
+    """How long a batch waits for more instances after its first one. 0: none;
+    batches still form from what arrives while the previous one commits."""
     scan_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 65_536
     """Bytes at the start of each data set kept for the metadata scan."""
 

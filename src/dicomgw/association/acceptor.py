@@ -111,6 +111,8 @@ class StoreOperation(Protocol):
 class Services(Protocol):
     head_bytes: int
     """How much of each data set's start the services want (for the metadata scan)."""
+    fsync: bool
+    """Whether stored files are fsynced (then writeback starts while receiving)."""
 
     def begin_store(
         self,
@@ -163,6 +165,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             self._on_dataset,
             max_pdata_length=config.max_pdu + PDATA_MARGIN,
             head_budget=services.head_bytes,
+            write_behind=services.fsync,
         )
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None

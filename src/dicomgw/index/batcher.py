@@ -209,6 +209,7 @@ class IndexBatcher:
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
         # Read by the metrics collector.
         self.batches = 0
         self.instances = 0
@@ -223,6 +224,7 @@ class IndexBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._drop_connection()
         while not self._queue.empty():
             _, future = self._queue.get_nowait()
             if not future.done():
@@ -295,6 +297,7 @@ class IndexBatcher:
         except _DATA_ERRORS:
             raise
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self._drop_connection()
             raise IndexUnavailable(
                 f"{type(exc).__name__}: {exc}", maybe_committed=state["committing"]
             ) from None
@@ -303,18 +306,33 @@ class IndexBatcher:
         self, batch: Sequence[InstanceRecord], state: dict[str, bool]
     ) -> list[IndexOutcome]:
         uids = [r.sop_instance_uid for r in batch]
-        async with self._pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                final = await self._write_in(conn, batch, uids)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await transaction.rollback()
-                raise
-            state["committing"] = True
-            await transaction.commit()
+        conn = await self._connection()
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            final = await self._write_in(conn, batch, uids)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+            raise
+        state["committing"] = True
+        await transaction.commit()
         return final
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The writer's own connection, kept across batches (no pool round trip and
+        reset per batch); replaced after it breaks."""
+        if self._conn is not None and self._conn.is_closed():
+            await self._drop_connection()
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn, timeout=1)
 
     async def _write_in(
         self, conn: asyncpg.Connection, batch: Sequence[InstanceRecord], uids: list[str]
@@ -367,9 +385,8 @@ class IndexBatcher:
             await conn.copy_records_to_table(
                 "staging_instances", records=rows, columns=["seq", "version", *COLUMNS[1:]]
             )
-            await conn.execute(UPSERT_STUDIES)
-            await conn.execute(UPSERT_SERIES)
-            await conn.execute(COUNT_SERIES)
+            # PERF: no parameters, so one simple-protocol round trip for all three.
+            await conn.execute(";\n".join((UPSERT_STUDIES, UPSERT_SERIES, COUNT_SERIES)))
             ids = {r["file_path"]: r["id"] for r in await conn.fetch(INSERT_INSTANCES)}
         final: list[IndexOutcome] = []
         for seq, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):

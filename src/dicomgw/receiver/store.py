@@ -87,6 +87,7 @@ class StorageService:
         self, spool: Spool, disk: DiskGuard, batcher: IndexBatcher, head_bytes: int
     ) -> None:
         self.head_bytes = head_bytes
+        self.fsync = spool.fsync
         self._spool = spool
         self._disk = disk
         self._batcher = batcher
