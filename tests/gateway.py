@@ -89,7 +89,7 @@ class Gateway:
         return self.log_path.read_text() if self.log_path else ""
 
     def objects(self) -> list[Path]:
-        return sorted((self.storage / "objects").glob("*/*/*.dcm"))
+        return sorted((self.storage / "objects").rglob("*.dcm"))
 
 
 @contextlib.contextmanager

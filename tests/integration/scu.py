@@ -287,7 +287,7 @@ def parts(storage: Path) -> set[Path]:
 
 
 def object_files(storage: Path) -> set[Path]:
-    return set((storage / "objects").glob("*/*/*.dcm"))
+    return set((storage / "objects").rglob("*.dcm"))
 
 
 def uid_of(path: Path) -> str:

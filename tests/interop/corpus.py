@@ -727,7 +727,7 @@ def all_file_paths(dsn: str) -> list[str]:
 def stored_files(storage: Path) -> dict[str, list[Path]]:
     """Files under objects/ per the SOP Instance UID in their File Meta."""
     found: dict[str, list[Path]] = {}
-    for path in sorted((storage / "objects").glob("*/*/*.dcm")):
+    for path in sorted((storage / "objects").rglob("*.dcm")):
         with path.open("rb") as fp:
             meta = parse_file_meta(fp.read(4096))
         found.setdefault(meta.media_storage_sop_instance_uid, []).append(path)

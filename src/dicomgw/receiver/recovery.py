@@ -40,7 +40,7 @@ async def recover(
         part.unlink(missing_ok=True)
         counts["partial_removed"] += 1
     on_disk = {
-        str(path.relative_to(layout.root)) for path in layout.objects.glob(f"*/*/*{OBJECT_SUFFIX}")
+        str(path.relative_to(layout.root)) for path in layout.objects.rglob(f"*{OBJECT_SUFFIX}")
     }
     if on_disk:
         async with pool.acquire() as conn:

@@ -2,7 +2,7 @@
 
 An instance is written under ``incoming/<key>.part`` while it arrives, then,
 once complete and checked, fsynced (off the event loop), renamed to
-``objects/<k0k1>/<k2k3>/<key>.dcm`` and its directory fsynced. The key is a
+``objects/<yyyy>/<mm>/<dd>/<k0k1>/<key>.dcm`` and its directory fsynced. The key is a
 random UUID: paths never contain peer-supplied strings. A crash leaves either
 a ``.part`` file (removed at start-up) or a complete object (indexed at
 start-up if the index misses it); never a partial file under ``objects/``.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ class Spool:
         self.fsync = fsync
         self._executor = executor
         self._dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
 
     def open_incoming(self, header: bytes) -> Incoming:
         """Create the temp file and write the Part 10 header; the data set follows."""
@@ -54,8 +57,13 @@ class Spool:
         return Incoming(key, fd, path)
 
     def object_path(self, key: str) -> Path:
-        """Relative to the storage root, as stored in the index."""
-        return Path("objects") / key[0:2] / key[2:4] / f"{key}{OBJECT_SUFFIX}"
+        """Relative to the storage root, as stored in the index.
+
+        PERF: a day's directory and its 256 shards are created once; a random
+        two-level fan-out made (and fsynced) new directories for most instances.
+        """
+        day = time.strftime("%Y/%m/%d", time.gmtime())
+        return Path("objects") / day / key[0:2] / f"{key}{OBJECT_SUFFIX}"
 
     async def commit(self, incoming: Incoming) -> Path:
         """Make the instance durable under objects/; returns its relative path.
@@ -90,18 +98,21 @@ class Spool:
     def _ensure_dir(self, path: Path) -> None:
         if path in self._dirs:
             return
-        created = []
-        for directory in (path.parent, path):
-            try:
+        # NOTE: under the lock, no other commit thread can rename into a new
+        # directory before its entry in the parent is durable.
+        with self._dirs_lock:
+            if path in self._dirs:
+                return
+            missing = []
+            directory = path
+            while directory != self.layout.objects and not directory.exists():
+                missing.append(directory)
+                directory = directory.parent
+            for directory in reversed(missing):
                 os.mkdir(directory, DIR_MODE)
-                created.append(directory)
-            except FileExistsError:
-                pass
-        # A new directory entry is durable only once its parent is fsynced.
-        if self.fsync:
-            for directory in created:
-                _fsync_dir(directory.parent)
-        self._dirs.add(path)
+                if self.fsync:
+                    _fsync_dir(directory.parent)
+            self._dirs.add(path)
 
     def discard(self, incoming: Incoming) -> None:
         if incoming.fd >= 0:
