@@ -21,7 +21,7 @@ from typing import Literal
 import asyncpg
 
 from dicomgw.errors import DicomGwError
-from dicomgw.index.records import COLUMNS, InstanceRecord
+from dicomgw.index.records import COLUMNS, STAGING_COLUMNS, InstanceRecord
 
 log = logging.getLogger(__name__)
 
@@ -31,42 +31,7 @@ SameContent = Callable[[str, str, int], Awaitable[bool]]
 
 STAGING_DDL = f"""
 CREATE TEMP TABLE IF NOT EXISTS staging_instances (
-    seq integer, version integer,
-    {
-    ", ".join(
-        f"{c} {t}"
-        for c, t in (
-            ("study_instance_uid", "text"),
-            ("patient_id", "text"),
-            ("patient_name", "text"),
-            ("patient_birth_date", "text"),
-            ("patient_sex", "text"),
-            ("study_date", "date"),
-            ("study_time", "text"),
-            ("accession_number", "text"),
-            ("study_description", "text"),
-            ("referring_physician_name", "text"),
-            ("series_instance_uid", "text"),
-            ("modality", "text"),
-            ("series_number", "integer"),
-            ("series_description", "text"),
-            ("sop_instance_uid", "text"),
-            ("sop_class_uid", "text"),
-            ("instance_number", "integer"),
-            ("number_of_frames", "integer"),
-            ("transfer_syntax_uid", "text"),
-            ("file_path", "text"),
-            ("size_bytes", "bigint"),
-            ("dataset_size", "bigint"),
-            ("checksum", "text"),
-            ("source_ae", "text"),
-            ("called_ae", "text"),
-            ("source_ip", "inet"),
-            ("association_id", "text"),
-            ("received_at", "timestamptz"),
-        )
-    )
-}
+    version integer, {", ".join(f"{name} {sql_type}" for name, sql_type in STAGING_COLUMNS)}
 ) ON COMMIT DELETE ROWS
 """
 

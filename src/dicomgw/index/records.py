@@ -28,38 +28,39 @@ INSTANCE_NUMBER = 0x00200013
 NUMBER_OF_FRAMES = 0x00280008
 SPECIFIC_CHARACTER_SET = 0x00080005
 
-# Columns of the COPY staging table, in order (see index/batcher.py).
-COLUMNS = (
-    "seq",
-    "study_instance_uid",
-    "patient_id",
-    "patient_name",
-    "patient_birth_date",
-    "patient_sex",
-    "study_date",
-    "study_time",
-    "accession_number",
-    "study_description",
-    "referring_physician_name",
-    "series_instance_uid",
-    "modality",
-    "series_number",
-    "series_description",
-    "sop_instance_uid",
-    "sop_class_uid",
-    "instance_number",
-    "number_of_frames",
-    "transfer_syntax_uid",
-    "file_path",
-    "size_bytes",
-    "dataset_size",
-    "checksum",
-    "source_ae",
-    "called_ae",
-    "source_ip",
-    "association_id",
-    "received_at",
+# The COPY staging table's columns and their SQL types, in order (index/batcher.py).
+STAGING_COLUMNS = (
+    ("seq", "integer"),
+    ("study_instance_uid", "text"),
+    ("patient_id", "text"),
+    ("patient_name", "text"),
+    ("patient_birth_date", "text"),
+    ("patient_sex", "text"),
+    ("study_date", "date"),
+    ("study_time", "text"),
+    ("accession_number", "text"),
+    ("study_description", "text"),
+    ("referring_physician_name", "text"),
+    ("series_instance_uid", "text"),
+    ("modality", "text"),
+    ("series_number", "integer"),
+    ("series_description", "text"),
+    ("sop_instance_uid", "text"),
+    ("sop_class_uid", "text"),
+    ("instance_number", "integer"),
+    ("number_of_frames", "integer"),
+    ("transfer_syntax_uid", "text"),
+    ("file_path", "text"),
+    ("size_bytes", "bigint"),
+    ("dataset_size", "bigint"),
+    ("checksum", "text"),
+    ("source_ae", "text"),
+    ("called_ae", "text"),
+    ("source_ip", "inet"),
+    ("association_id", "text"),
+    ("received_at", "timestamptz"),
 )
+COLUMNS = tuple(name for name, _ in STAGING_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -146,3 +147,58 @@ class Attributes:
             return dt.date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
         except ValueError:
             return None
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where an instance came from and where it is stored: what the data set
+    itself does not say."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    file_path: str
+    size_bytes: int
+    dataset_size: int
+    checksum: str
+    source_ae: str | None
+    called_ae: str | None
+    source_ip: str | None
+    association_id: str | None
+    received_at: dt.datetime
+    event: str = "stored"
+
+
+def build_record(a: Attributes, p: Provenance) -> InstanceRecord:
+    """The index record of one instance (Study/Series UIDs already checked)."""
+    return InstanceRecord(
+        study_instance_uid=a.ascii(STUDY_INSTANCE_UID) or "",
+        patient_id=a.text(PATIENT_ID),
+        patient_name=a.text(PATIENT_NAME),
+        patient_birth_date=a.ascii(PATIENT_BIRTH_DATE),
+        patient_sex=a.ascii(PATIENT_SEX),
+        study_date=a.date(STUDY_DATE),
+        study_time=a.ascii(STUDY_TIME),
+        accession_number=a.text(ACCESSION_NUMBER),
+        study_description=a.text(STUDY_DESCRIPTION),
+        referring_physician_name=a.text(REFERRING_PHYSICIAN_NAME),
+        series_instance_uid=a.ascii(SERIES_INSTANCE_UID) or "",
+        modality=a.ascii(MODALITY),
+        series_number=a.integer(SERIES_NUMBER),
+        series_description=a.text(SERIES_DESCRIPTION),
+        sop_instance_uid=p.sop_instance_uid,
+        sop_class_uid=p.sop_class_uid,
+        instance_number=a.integer(INSTANCE_NUMBER),
+        number_of_frames=a.integer(NUMBER_OF_FRAMES),
+        transfer_syntax_uid=p.transfer_syntax_uid,
+        file_path=p.file_path,
+        size_bytes=p.size_bytes,
+        dataset_size=p.dataset_size,
+        checksum=p.checksum,
+        source_ae=p.source_ae,
+        called_ae=p.called_ae,
+        source_ip=p.source_ip,
+        association_id=p.association_id,
+        received_at=p.received_at,
+        event=p.event,
+    )

@@ -20,7 +20,7 @@ from dicomgw._core import crc32c
 from dicomgw.errors import DicomGwError
 from dicomgw.index import records as tags
 from dicomgw.index.batcher import IndexBatcher
-from dicomgw.index.records import Attributes, InstanceRecord
+from dicomgw.index.records import Attributes, InstanceRecord, Provenance, build_record
 from dicomgw.receiver.store import CHECKSUM_PREFIX, scan
 from dicomgw.storage.layout import StorageLayout
 from dicomgw.storage.part10 import parse_file_meta
@@ -91,37 +91,23 @@ def read_record(root: Path, relative: str) -> InstanceRecord:
     uid = a.ascii(tags.SOP_INSTANCE_UID)
     if uid != meta.media_storage_sop_instance_uid:
         raise DicomGwError("SOP Instance UID of the data set differs from the file meta")
-    study, series = a.ascii(tags.STUDY_INSTANCE_UID), a.ascii(tags.SERIES_INSTANCE_UID)
-    if not study or not series:
+    if not a.ascii(tags.STUDY_INSTANCE_UID) or not a.ascii(tags.SERIES_INSTANCE_UID):
         raise DicomGwError("Study or Series Instance UID missing")
-    return InstanceRecord(
-        study_instance_uid=study,
-        patient_id=a.text(tags.PATIENT_ID),
-        patient_name=a.text(tags.PATIENT_NAME),
-        patient_birth_date=a.ascii(tags.PATIENT_BIRTH_DATE),
-        patient_sex=a.ascii(tags.PATIENT_SEX),
-        study_date=a.date(tags.STUDY_DATE),
-        study_time=a.ascii(tags.STUDY_TIME),
-        accession_number=a.text(tags.ACCESSION_NUMBER),
-        study_description=a.text(tags.STUDY_DESCRIPTION),
-        referring_physician_name=a.text(tags.REFERRING_PHYSICIAN_NAME),
-        series_instance_uid=series,
-        modality=a.ascii(tags.MODALITY),
-        series_number=a.integer(tags.SERIES_NUMBER),
-        series_description=a.text(tags.SERIES_DESCRIPTION),
-        sop_instance_uid=uid,
-        sop_class_uid=meta.media_storage_sop_class_uid,
-        instance_number=a.integer(tags.INSTANCE_NUMBER),
-        number_of_frames=a.integer(tags.NUMBER_OF_FRAMES),
-        transfer_syntax_uid=meta.transfer_syntax_uid,
-        file_path=relative,
-        size_bytes=size,
-        dataset_size=dataset_size,
-        checksum=f"{CHECKSUM_PREFIX}{crc:08x}",
-        source_ae=meta.source_ae_title,
-        called_ae=None,
-        source_ip=None,
-        association_id=None,
-        received_at=dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC),
-        event="recovered",
+    return build_record(
+        a,
+        Provenance(
+            sop_instance_uid=uid,
+            sop_class_uid=meta.media_storage_sop_class_uid,
+            transfer_syntax_uid=meta.transfer_syntax_uid,
+            file_path=relative,
+            size_bytes=size,
+            dataset_size=dataset_size,
+            checksum=f"{CHECKSUM_PREFIX}{crc:08x}",
+            source_ae=meta.source_ae_title,
+            called_ae=None,
+            source_ip=None,
+            association_id=None,
+            received_at=dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC),
+            event="recovered",
+        ),
     )

@@ -28,7 +28,7 @@ from dicomgw.dimse.status import (
 from dicomgw.errors import MalformedDataSet
 from dicomgw.index import records as tags
 from dicomgw.index.batcher import IndexBatcher, IndexUnavailable
-from dicomgw.index.records import Attributes, InstanceRecord
+from dicomgw.index.records import Attributes, InstanceRecord, Provenance, build_record
 from dicomgw.storage.disk import DiskGuard
 from dicomgw.storage.part10 import InvalidPart10, build_header, is_valid_uid, parse_file_meta
 from dicomgw.storage.spool import Incoming, Spool
@@ -245,35 +245,21 @@ class Store:
         return None
 
     def _record(self, dataset: ReceivedDataSet, relative: str) -> InstanceRecord:
-        a = self._attributes
         acceptance = self._peer.acceptance
-        return InstanceRecord(
-            study_instance_uid=a.ascii(tags.STUDY_INSTANCE_UID) or "",
-            patient_id=a.text(tags.PATIENT_ID),
-            patient_name=a.text(tags.PATIENT_NAME),
-            patient_birth_date=a.ascii(tags.PATIENT_BIRTH_DATE),
-            patient_sex=a.ascii(tags.PATIENT_SEX),
-            study_date=a.date(tags.STUDY_DATE),
-            study_time=a.ascii(tags.STUDY_TIME),
-            accession_number=a.text(tags.ACCESSION_NUMBER),
-            study_description=a.text(tags.STUDY_DESCRIPTION),
-            referring_physician_name=a.text(tags.REFERRING_PHYSICIAN_NAME),
-            series_instance_uid=a.ascii(tags.SERIES_INSTANCE_UID) or "",
-            modality=a.ascii(tags.MODALITY),
-            series_number=a.integer(tags.SERIES_NUMBER),
-            series_description=a.text(tags.SERIES_DESCRIPTION),
-            sop_instance_uid=self._sop_instance_uid,
-            sop_class_uid=self._sop_class_uid,
-            instance_number=a.integer(tags.INSTANCE_NUMBER),
-            number_of_frames=a.integer(tags.NUMBER_OF_FRAMES),
-            transfer_syntax_uid=self._context.transfer_syntax,
-            file_path=relative,
-            size_bytes=len(self._header) + dataset.size,
-            dataset_size=dataset.size,
-            checksum=f"{CHECKSUM_PREFIX}{dataset.crc32c:08x}",
-            source_ae=acceptance.calling_ae_title,
-            called_ae=acceptance.called_ae_title,
-            source_ip=self._peer.host,
-            association_id=self._peer.assoc_id,
-            received_at=dt.datetime.now(dt.UTC),
+        return build_record(
+            self._attributes,
+            Provenance(
+                sop_instance_uid=self._sop_instance_uid,
+                sop_class_uid=self._sop_class_uid,
+                transfer_syntax_uid=self._context.transfer_syntax,
+                file_path=relative,
+                size_bytes=len(self._header) + dataset.size,
+                dataset_size=dataset.size,
+                checksum=f"{CHECKSUM_PREFIX}{dataset.crc32c:08x}",
+                source_ae=acceptance.calling_ae_title,
+                called_ae=acceptance.called_ae_title,
+                source_ip=self._peer.host,
+                association_id=self._peer.assoc_id,
+                received_at=dt.datetime.now(dt.UTC),
+            ),
         )
