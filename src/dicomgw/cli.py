@@ -57,28 +57,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
+def _migrate(args: argparse.Namespace, step: Callable[[str, str], None]) -> int:
     from dicomgw.db import migrate
     from dicomgw.db.server import database
 
     config = _config(args)
     _setup_logging(config)
     with database(config, adopt=False) as dsn:
-        migrate.upgrade(dsn, args.revision)
-        _out(f"schema at {migrate.current(dsn)}")
+        step(dsn, args.revision)
+        _out(f"schema at {migrate.current(dsn) or 'nothing (empty)'}")
     return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from dicomgw.db import migrate
+
+    return _migrate(args, migrate.upgrade)
 
 
 def cmd_db_downgrade(args: argparse.Namespace) -> int:
     from dicomgw.db import migrate
-    from dicomgw.db.server import database
 
-    config = _config(args)
-    _setup_logging(config)
-    with database(config, adopt=False) as dsn:
-        migrate.downgrade(dsn, args.revision)
-        _out(f"schema at {migrate.current(dsn) or 'nothing (empty)'}")
-    return 0
+    return _migrate(args, migrate.downgrade)
 
 
 def cmd_db_status(args: argparse.Namespace) -> int:
