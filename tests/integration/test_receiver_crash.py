@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -165,12 +166,13 @@ async def test_start_up_recovery(gateway_factory: Callable[..., Gateway]) -> Non
         copy.SOPInstanceUID = new_uid
         copy.file_meta.MediaStorageSOPInstanceUID = new_uid
         key = "abcd" + uuid.uuid4().hex[4:]
-        planted = gw.storage / "objects" / "ab" / "cd" / f"{key}.dcm"
+        today = time.strftime("%Y/%m/%d", time.gmtime())
+        planted = gw.storage / "objects" / today / "ab" / f"{key}.dcm"
         planted.parent.mkdir(parents=True, exist_ok=True)
         copy.save_as(planted, enforce_file_format=True)
 
         garbage_key = "ef01" + uuid.uuid4().hex[4:]
-        garbage = gw.storage / "objects" / "ef" / "01" / f"{garbage_key}.dcm"
+        garbage = gw.storage / "objects" / today / "ef" / f"{garbage_key}.dcm"
         garbage.parent.mkdir(parents=True, exist_ok=True)
         garbage.write_bytes(b"\x00" * 128 + b"NOPE" + os.urandom(300))
         garbage_bytes = garbage.read_bytes()

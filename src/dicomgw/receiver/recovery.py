@@ -4,7 +4,9 @@
 - a complete object under ``objects/`` that the index lacks: the crash came
   between the rename and the index COMMIT, so the peer may or may not have
   seen Success; it is verified and indexed (event ``recovered``). One that
-  does not verify is moved to ``quarantine/`` for an operator.
+  does not verify is moved to ``quarantine/`` for an operator. Only recent
+  day directories are listed (:func:`candidates`), so start-up does not grow
+  with the archive.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 HEAD_BYTES = 65536
 READ_CHUNK = 4 * 1024 * 1024
+# Well above the index deadline (statement timeout + connect timeout).
+RECOVERY_MARGIN = dt.timedelta(hours=1)
 
 
 async def recover(
@@ -39,9 +44,9 @@ async def recover(
     for part in layout.incoming.glob(f"*{PART_SUFFIX}"):
         part.unlink(missing_ok=True)
         counts["partial_removed"] += 1
-    on_disk = {
-        str(path.relative_to(layout.root)) for path in layout.objects.rglob(f"*{OBJECT_SUFFIX}")
-    }
+    async with pool.acquire() as conn:
+        newest: dt.datetime | None = await conn.fetchval("SELECT max(received_at) FROM instances")
+    on_disk = {str(path.relative_to(layout.root)) for path in candidates(layout.objects, newest)}
     if on_disk:
         async with pool.acquire() as conn:
             indexed = {
@@ -70,6 +75,28 @@ async def recover(
     if any(counts.values()):
         log.warning("storage recovery", extra=counts)
     return counts
+
+
+def candidates(objects: Path, newest: dt.datetime | None) -> Iterator[Path]:
+    """Objects that can be missing from the index.
+
+    An orphan is renamed into place at most the index deadline before the
+    crash, so before the last committed row plus that deadline. Only the day
+    directories (objects/yyyy/mm/dd, UTC) from the newest indexed instance
+    minus RECOVERY_MARGIN on are listed; an empty index lists everything (a
+    rebuild).
+    """
+    if newest is None:
+        yield from objects.rglob(f"*{OBJECT_SUFFIX}")
+        return
+    since = newest - RECOVERY_MARGIN
+    day, today = since.date(), dt.datetime.now(dt.UTC).date()
+    while day <= today:
+        directory = objects / day.strftime("%Y/%m/%d")
+        for path in directory.rglob(f"*{OBJECT_SUFFIX}"):
+            if path.stat().st_mtime >= since.timestamp():
+                yield path
+        day += dt.timedelta(days=1)
 
 
 def read_record(root: Path, relative: str) -> InstanceRecord:
