@@ -31,7 +31,8 @@ SameContent = Callable[[str, str, int], Awaitable[bool]]
 
 STAGING_DDL = f"""
 CREATE TEMP TABLE IF NOT EXISTS staging_instances (
-    version integer, {", ".join(f"{name} {sql_type}" for name, sql_type in STAGING_COLUMNS)}
+    version integer, event text,
+    {", ".join(f"{name} {sql_type}" for name, sql_type in STAGING_COLUMNS)}
 ) ON COMMIT DELETE ROWS
 """
 
@@ -92,6 +93,7 @@ WHERE s.study_instance_uid IN (SELECT DISTINCT study_instance_uid FROM staging_i
 """
 
 INSERT_INSTANCES = """
+WITH inserted AS (
 INSERT INTO instances (series_id, sop_instance_uid, version, sop_class_uid, instance_number,
                        number_of_frames, transfer_syntax_uid, file_path, size_bytes,
                        dataset_size, checksum, source_ae, called_ae, source_ip, received_at)
@@ -102,6 +104,14 @@ SELECT se.id, x.sop_instance_uid, x.version, x.sop_class_uid, x.instance_number,
 FROM staging_instances x JOIN series se ON se.series_instance_uid = x.series_instance_uid
 ORDER BY x.seq
 RETURNING id, file_path
+), events AS (
+INSERT INTO ingest_events (event, instance_id, sop_instance_uid, dimse_status, source_ae,
+                           called_ae, source_ip, association_id, size_bytes, at)
+SELECT x.event, i.id, x.sop_instance_uid, 0, x.source_ae, x.called_ae, x.source_ip,
+       x.association_id, x.size_bytes, x.received_at
+FROM inserted i JOIN staging_instances x USING (file_path)
+)
+SELECT id, file_path FROM inserted
 """
 
 INSERT_EVENTS = """
@@ -112,14 +122,36 @@ SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::te
                      $11::timestamptz[])
 """
 
-LOCK_UIDS = """
-SELECT pg_advisory_xact_lock(h)
-FROM (SELECT DISTINCT hashtextextended(u, 0) AS h FROM unnest($1::text[]) u ORDER BY 1) k
-"""
-
-EXISTING = """
-SELECT sop_instance_uid, id, version, checksum, dataset_size, file_path FROM instances
-WHERE sop_instance_uid = ANY($1::text[])
+# PERF: session functions (created by init_connection) make the per-batch
+# statements two round trips instead of five; a lone association waits for
+# every one of them.
+SESSION_FUNCTIONS = f"""
+CREATE OR REPLACE FUNCTION pg_temp.dicomgw_lock_existing(uids text[])
+RETURNS TABLE (sop_instance_uid text, id bigint, version integer, checksum text,
+               dataset_size bigint, file_path text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+BEGIN
+    -- Serializes writers (other processes) on the same UIDs, so two
+    -- concurrent identical sends produce one row.
+    PERFORM pg_advisory_xact_lock(h)
+    FROM (SELECT DISTINCT hashtextextended(u, 0) AS h FROM unnest(uids) u ORDER BY 1) k;
+    RETURN QUERY SELECT i.sop_instance_uid, i.id, i.version, i.checksum, i.dataset_size,
+                        i.file_path
+                 FROM instances i WHERE i.sop_instance_uid = ANY(uids);
+END
+$fn$;
+CREATE OR REPLACE FUNCTION pg_temp.dicomgw_index_staged()
+RETURNS TABLE (id bigint, file_path text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+BEGIN
+    {UPSERT_STUDIES};
+    {UPSERT_SERIES};
+    {COUNT_SERIES};
+    RETURN QUERY {INSERT_INSTANCES};
+END
+$fn$
 """
 
 
@@ -149,8 +181,9 @@ class IndexOutcome:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Pool ``init``: the staging table lives per session."""
+    """Pool ``init``: the staging table and the index functions live per session."""
     await conn.execute(STAGING_DDL)
+    await conn.execute(SESSION_FUNCTIONS)
 
 
 class IndexBatcher:
@@ -302,12 +335,9 @@ class IndexBatcher:
     async def _write_in(
         self, conn: asyncpg.Connection, batch: Sequence[InstanceRecord], uids: list[str]
     ) -> list[IndexOutcome]:
-        # NOTE: serializes writers (other processes) on the same UIDs, so
-        # two concurrent identical sends produce one row.
-        await conn.execute(LOCK_UIDS, uids)
         # (instance id, version, checksum, data set size, file path)
         known: dict[str, list[tuple[int, int, str, int, str]]] = {}
-        for row in await conn.fetch(EXISTING, uids):
+        for row in await conn.fetch("SELECT * FROM pg_temp.dicomgw_lock_existing($1)", uids):
             known.setdefault(row["sop_instance_uid"], []).append(
                 (
                     row["id"],
@@ -344,15 +374,18 @@ class IndexBatcher:
                 )
                 outcomes.append(None)
                 new_versions[seq] = version
-                rows.append((seq, version, *record.row(seq)[1:]))
+                rows.append((seq, version, record.event, *record.row(seq)[1:]))
         ids: dict[str, int] = {}
         if rows:
             await conn.copy_records_to_table(
-                "staging_instances", records=rows, columns=["seq", "version", *COLUMNS[1:]]
+                "staging_instances",
+                records=rows,
+                columns=["seq", "version", "event", *COLUMNS[1:]],
             )
-            # PERF: no parameters, so one simple-protocol round trip for all three.
-            await conn.execute(";\n".join((UPSERT_STUDIES, UPSERT_SERIES, COUNT_SERIES)))
-            ids = {r["file_path"]: r["id"] for r in await conn.fetch(INSERT_INSTANCES)}
+            ids = {
+                r["file_path"]: r["id"]
+                for r in await conn.fetch("SELECT * FROM pg_temp.dicomgw_index_staged()")
+            }
         final: list[IndexOutcome] = []
         for seq, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):
             if outcome is None:
@@ -372,23 +405,27 @@ class IndexBatcher:
         batch: Sequence[InstanceRecord],
         outcomes: list[IndexOutcome],
     ) -> None:
+        """Events of what was not stored (stored ones come with their rows)."""
         kinds = {"duplicate": "duplicate", "conflict": "rejected"}
+        pairs = [(o, r) for o, r in zip(outcomes, batch, strict=True) if o.kind in kinds]
+        if not pairs:
+            return
         await conn.execute(
             INSERT_EVENTS,
-            [kinds.get(o.kind, r.event) for o, r in zip(outcomes, batch, strict=True)],
-            [o.instance_id for o in outcomes],
-            [r.sop_instance_uid for r in batch],
-            [0x0111 if o.kind == "conflict" else 0 for o in outcomes],
-            [r.source_ae for r in batch],
-            [r.called_ae for r in batch],
-            [r.source_ip for r in batch],
-            [r.association_id for r in batch],
-            [r.size_bytes for r in batch],
+            [kinds[o.kind] for o, _ in pairs],
+            [o.instance_id for o, _ in pairs],
+            [r.sop_instance_uid for _, r in pairs],
+            [0x0111 if o.kind == "conflict" else 0 for o, _ in pairs],
+            [r.source_ae for _, r in pairs],
+            [r.called_ae for _, r in pairs],
+            [r.source_ip for _, r in pairs],
+            [r.association_id for _, r in pairs],
+            [r.size_bytes for _, r in pairs],
             [
                 f"same SOP Instance UID stored with other content (version {o.version})"
                 if o.kind == "conflict"
                 else None
-                for o in outcomes
+                for o, _ in pairs
             ],
-            [r.received_at for r in batch],
+            [r.received_at for _, r in pairs],
         )
