@@ -283,7 +283,13 @@ def store_status(pdu: tuple[int, bytes] | None) -> int:
 
 
 def parts(storage: Path) -> set[Path]:
-    return set((storage / "incoming").glob("*.part"))
+    """Partial instances: the gateway also keeps a few empty spare files there."""
+    found = set()
+    for path in (storage / "incoming").glob("*.part"):
+        with contextlib.suppress(FileNotFoundError):  # committed meanwhile
+            if path.stat().st_size > 0:
+                found.add(path)
+    return found
 
 
 def object_files(storage: Path) -> set[Path]:

@@ -74,3 +74,4 @@ class Receiver:
             await self._server.wait_closed()
         await self.batcher.close()
         self._executor.shutdown(wait=True)
+        self.spool.close()

@@ -11,6 +11,7 @@ start-up if the index misses it); never a partial file under ``objects/``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from dicomgw.storage.layout import DIR_MODE, FILE_MODE, StorageLayout
 PART_SUFFIX = ".part"
 OBJECT_SUFFIX = ".dcm"
 COMPARE_CHUNK = 1024 * 1024
+SPARES = 8
 
 
 @dataclass(slots=True)
@@ -40,21 +42,51 @@ class Spool:
         self._executor = executor
         self._dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+        # Empty temp files made ahead by the commit threads (deque ops are atomic).
+        self._spares: collections.deque[Incoming] = collections.deque()
+        self._refilling = False
 
     def open_incoming(self, header: bytes) -> Incoming:
-        """Create the temp file and write the Part 10 header; the data set follows."""
-        key = uuid.uuid4().hex
-        path = self.layout.incoming / f"{key}{PART_SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        """A temp file with the Part 10 header written; the data set follows.
+
+        PERF: creating a file costs ~0.1-0.5 ms on ext4 with a journal; it is
+        done ahead in a thread, so the event loop only writes the header.
+        """
+        try:
+            incoming = self._spares.popleft()
+        except IndexError:
+            incoming = self._create()
+        if len(self._spares) < SPARES // 2 and not self._refilling:
+            self._refilling = True
+            self._executor.submit(self._refill)
         try:
             view = memoryview(header)
             while view:
-                view = view[os.write(fd, view) :]
+                view = view[os.write(incoming.fd, view) :]
         except OSError:
-            os.close(fd)
-            path.unlink(missing_ok=True)
+            self.discard(incoming)
             raise
+        return incoming
+
+    def _create(self) -> Incoming:
+        key = uuid.uuid4().hex
+        path = self.layout.incoming / f"{key}{PART_SUFFIX}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         return Incoming(key, fd, path)
+
+    def _refill(self) -> None:
+        try:
+            while len(self._spares) < SPARES:
+                self._spares.append(self._create())
+        except OSError:
+            pass  # open_incoming creates its own and reports the error
+        finally:
+            self._refilling = False
+
+    def close(self) -> None:
+        """Remove the spare temp files (recovery would remove them anyway)."""
+        while self._spares:
+            self.discard(self._spares.popleft())
 
     def object_path(self, key: str) -> Path:
         """Relative to the storage root, as stored in the index.
