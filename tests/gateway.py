@@ -49,15 +49,18 @@ class Gateway:
         return self.state_dir / "storage"
 
     def env(self) -> dict[str, str]:
-        env = cli_env(
-            self.state_dir,
-            DICOMGW_DIMSE__HOST="127.0.0.1",
-            DICOMGW_DIMSE__PORT=str(self.dimse_port),
-            DICOMGW_DIMSE__AE_TITLE=self.ae_title,
-            DICOMGW_API__PORT=str(self.api_port),
-            DICOMGW_DIMSE__ACSE_TIMEOUT_S="5",
-            **self.extra_env,
-        )
+        defaults = {
+            "DICOMGW_DIMSE__HOST": "127.0.0.1",
+            "DICOMGW_DIMSE__PORT": str(self.dimse_port),
+            "DICOMGW_DIMSE__AE_TITLE": self.ae_title,
+            "DICOMGW_API__PORT": str(self.api_port),
+            "DICOMGW_DIMSE__ACSE_TIMEOUT_S": "5",
+            # NOTE: a test machine's disk may well be over the 90% default; only
+            # the watermark tests mean to be refused.
+            "DICOMGW_STORAGE__HIGH_WATERMARK_PERCENT": "100",
+            "DICOMGW_STORAGE__LOW_WATERMARK_PERCENT": "99.9",
+        }
+        env = cli_env(self.state_dir, **{**defaults, **self.extra_env})
         if self.dsn:
             env["DICOMGW_DATABASE__DSN"] = self.dsn
         return env

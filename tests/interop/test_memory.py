@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tests.gateway import Gateway
 from tests.interop.corpus import storescu
 
-SIZE = 256 * 1024 * 1024
+SIZE = 128 * 1024 * 1024
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -24,7 +24,7 @@ def instance(path: Path, size: int) -> Path:
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientID = "BIG"
     ds.Modality = "OT"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 1024, 512, size // (1024 * 1024)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 1024, 512, max(1, size // (1024 * 1024))
     ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
     ds.PixelRepresentation = 0
     ds.PhotometricInterpretation = "MONOCHROME2"
