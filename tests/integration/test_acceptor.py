@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 import pytest
 from pynetdicom import AE
@@ -13,7 +14,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
-from tests.gateway import Gateway
+from tests.gateway import Gateway, running
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -143,3 +144,41 @@ def test_unusual_but_valid_calling_ae_titles_are_accepted(
     assoc = ae.associate("127.0.0.1", session_gateway.dimse_port, ae_title="DICOMGW")
     assert assoc.is_established
     assoc.release()
+
+
+# PS3.8 9.3.4: rejected-transient (2), service-provider presentation (3), local limit exceeded (2).
+RJ_LOCAL_LIMIT = bytes.fromhex("03 00 00000004 00 02 03 02")
+# ... rejected-permanent (1), service-user (1), calling AE title not recognized (3).
+RJ_CALLING_AE = bytes.fromhex("03 00 00000004 00 01 01 03")
+
+
+def test_association_limit_is_a_transient_rejection(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gateway = gateway_factory(
+        DICOMGW_DIMSE__MAX_ASSOCIATIONS="2", DICOMGW_DIMSE__MAX_ASSOCIATIONS_PER_PEER="2"
+    )
+    with running(gateway):
+        held = []
+        for _ in range(2):
+            ae = AE(ae_title="HOLDER")
+            ae.add_requested_context(VERIFICATION)
+            assoc = ae.associate("127.0.0.1", gateway.dimse_port, ae_title="DICOMGW")
+            assert assoc.is_established
+            held.append(assoc)
+        assert exchange(gateway, associate_rq()) == RJ_LOCAL_LIMIT
+        held.pop().release()
+        # The slot is free again once the release is through.
+        deadline = time.monotonic() + 10
+        while exchange(gateway, associate_rq(), reply=6)[:1] != b"\x02":
+            assert time.monotonic() < deadline, "the released slot was not given back"
+            time.sleep(0.1)
+        for assoc in held:
+            assoc.release()
+
+
+def test_calling_ae_allow_list(gateway_factory: Callable[..., Gateway]) -> None:
+    gateway = gateway_factory(DICOMGW_DIMSE__ALLOWED_CALLING_AE_TITLES="[MODALITY1]")
+    with running(gateway):
+        assert exchange(gateway, associate_rq(calling="INTRUDER")) == RJ_CALLING_AE
+        assert exchange(gateway, associate_rq(calling="MODALITY1"), reply=6)[:1] == b"\x02"
