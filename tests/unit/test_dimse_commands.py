@@ -705,3 +705,17 @@ def test_status_values() -> None:
     assert status.WARNING_DATASET_DOES_NOT_MATCH == 0xB007
     assert status.SOP_CLASS_NOT_SUPPORTED == 0x0122
     assert status.DUPLICATE_SOP_INSTANCE == 0x0111
+
+
+def test_c_store_rsp_without_affected_uids() -> None:
+    """Answering a request whose UIDs were not UIDs: both are U(=), left out."""
+    data = encode_c_store_rsp(7, None, None, 0x0117, "Affected SOP Instance UID invalid")
+    ds = _read(data)
+    assert "AffectedSOPClassUID" not in ds
+    assert "AffectedSOPInstanceUID" not in ds
+    assert (ds.CommandField, ds.MessageIDBeingRespondedTo, ds.Status) == (0x8001, 7, 0x0117)
+    assert ds.ErrorComment == "Affected SOP Instance UID invalid"
+    assert ds.CommandGroupLength == len(data) - 12
+    decoded = decode_command(data)
+    assert decoded.affected_sop_instance_uid is None
+    assert decoded.status == 0x0117

@@ -124,6 +124,21 @@ class Services(Protocol):
     ) -> StoreOperation: ...
 
 
+@dataclass(slots=True)
+class Refused:
+    """A C-STORE answered with a failure before its data set arrives (discarded)."""
+
+    status: int
+    comment: str
+    fd: int = -1
+
+    async def finish(self, dataset: ReceivedDataSet) -> tuple[int, str | None]:
+        return self.status, self.comment
+
+    def abandon(self) -> None:
+        pass
+
+
 class AssociationLimits:
     """Global and per-peer (source IP) caps on established associations."""
 
@@ -312,7 +327,13 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
 
     def _on_command(self, context_id: int, data: bytes) -> None:
         assert self._peer is not None
-        command = decode_command(data)
+        try:
+            command = decode_command(data)
+        except CommandError as exc:
+            if exc.command_field != C_STORE_RQ or exc.message_id is None:
+                raise  # no response can be addressed: A-ABORT
+            self._refuse_store(context_id, exc)
+            return
         context = self._peer.acceptance.contexts[context_id]
         # NOTE: a requestor that sends the next request before our response
         # breaks PS3.7 D.3.3.3 (window 1); it is served anyway, answers in order.
@@ -336,6 +357,26 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._operation = operation
         self._operation_command = command
         self._stream.expect_dataset(context_id, operation.fd)
+
+    def _refuse_store(self, context_id: int, exc: CommandError) -> None:
+        """A C-STORE-RQ we can address but not carry out (a bad UID, a missing
+        element): consume its data set, then answer with the error's status."""
+        log.warning("malformed C-STORE-RQ refused", extra={"error": exc.problem})
+        self._operation = Refused(exc.status, exc.problem)
+        self._operation_command = Command(
+            command_field=C_STORE_RQ,
+            message_id=exc.message_id,
+            message_id_being_responded_to=None,
+            affected_sop_class_uid=None,
+            affected_sop_instance_uid=None,
+            command_data_set_type=0,
+            priority=None,
+            move_originator_ae_title=None,
+            move_originator_message_id=None,
+            status=None,
+            error_comment=None,
+        )
+        self._stream.expect_dataset(context_id, -1)
 
     def _on_dataset(self, context_id: int) -> None:
         crc, size, head, write_errno = self._stream.finish_dataset()
@@ -371,8 +412,8 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             return
         response = encode_c_store_rsp(
             command.message_id or 0,
-            command.affected_sop_class_uid or "",
-            command.affected_sop_instance_uid or "",
+            command.affected_sop_class_uid,
+            command.affected_sop_instance_uid,
             status,
             comment,
         )

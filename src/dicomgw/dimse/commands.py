@@ -325,12 +325,15 @@ def encode_c_store_rq(
 
 def encode_c_store_rsp(
     message_id_being_responded_to: int,
-    affected_sop_class_uid: str,
-    affected_sop_instance_uid: str,
+    affected_sop_class_uid: str | None,
+    affected_sop_instance_uid: str | None,
     status: int,
     error_comment: str | None = None,
 ) -> bytes:
     """C-STORE-RSP, PS3.7 9.3.1.2 Table 9.3-2.
+
+    The Affected SOP Class/Instance UIDs are U(=): ``None`` leaves one out, for
+    answering a request whose UID was not a valid UID.
 
     ``error_comment`` becomes (0000,0902) Error Comment, a related field of the
     warning and failure statuses (PS3.4 Table B.2-1), so it is left out on
@@ -343,13 +346,15 @@ def encode_c_store_rsp(
         if text:
             comment = _text(_ERROR_COMMENT, text.encode("ascii", "replace"), b" ")
     return _command_set(
-        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid) if affected_sop_class_uid else b"",
         _us(_COMMAND_FIELD, C_STORE_RSP),
         _us(_MESSAGE_ID_BEING_RESPONDED_TO, message_id_being_responded_to),
         _us(_COMMAND_DATA_SET_TYPE, NO_DATA_SET),
         _us(_STATUS, status),
         comment,
-        _ui(_AFFECTED_SOP_INSTANCE_UID, affected_sop_instance_uid),
+        _ui(_AFFECTED_SOP_INSTANCE_UID, affected_sop_instance_uid)
+        if affected_sop_instance_uid
+        else b"",
     )
 
 

@@ -13,10 +13,9 @@ import errno
 import logging
 import os
 import zlib
-from dataclasses import dataclass
 
 from dicomgw._core import scan_metadata
-from dicomgw.association.acceptor import Peer, ReceivedDataSet
+from dicomgw.association.acceptor import Peer, ReceivedDataSet, Refused
 from dicomgw.association.negotiation import AcceptedContext
 from dicomgw.dimse.status import (
     CANNOT_UNDERSTAND,
@@ -65,21 +64,6 @@ def scan(head: bytes, size: int, transfer_syntax: str) -> dict[int, bytes]:
             raise MalformedDataSet(0, f"deflated data set does not inflate: {exc}") from None
         complete = complete and inflater.eof
     return scan_metadata(head, explicit, little, complete)
-
-
-@dataclass(slots=True)
-class Refused:
-    """A C-STORE answered with a failure before its data set arrives (discarded)."""
-
-    status: int
-    comment: str
-    fd: int = -1
-
-    async def finish(self, dataset: ReceivedDataSet) -> Outcome:
-        return self.status, self.comment
-
-    def abandon(self) -> None:
-        pass
 
 
 class StorageService:
