@@ -388,7 +388,10 @@ def test_c_store_rq_read_by_pydicom_and_equal_to_pynetdicom(move: tuple[str, int
     assert _pynetdicom_command_set(dimse_messages.C_STORE_RQ(), primitive) == data
 
 
-_uids = st.from_regex(r"\A[1-9][0-9]{0,8}(\.(0|[1-9][0-9]{0,8})){0,6}\Z")
+# PS3.5 9.1: at most 64 characters (the regex alone allows up to 69).
+_uids = st.from_regex(r"\A[1-9][0-9]{0,8}(\.(0|[1-9][0-9]{0,8})){0,6}\Z").filter(
+    lambda uid: len(uid) <= 64
+)
 _aes = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"))
 
 

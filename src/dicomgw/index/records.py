@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pydicom.charset import convert_encodings, decode_bytes
 
@@ -63,8 +63,31 @@ STAGING_COLUMNS = (
 COLUMNS = tuple(name for name, _ in STAGING_COLUMNS)
 
 
-@dataclass(slots=True)
-class InstanceRecord:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provenance:
+    """Where an instance came from and where it is stored: what the data set
+    itself does not say."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    file_path: str
+    size_bytes: int
+    dataset_size: int
+    checksum: str
+    source_ae: str | None
+    called_ae: str | None
+    source_ip: str | None
+    association_id: str | None
+    received_at: dt.datetime
+    event: str = "stored"
+    """The ingest event: 'stored', or 'recovered' at start-up."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceRecord(Provenance):
+    """One instance's index row: its provenance and the scanned attributes."""
+
     study_instance_uid: str
     patient_id: str | None
     patient_name: str | None
@@ -79,22 +102,8 @@ class InstanceRecord:
     modality: str | None
     series_number: int | None
     series_description: str | None
-    sop_instance_uid: str
-    sop_class_uid: str
     instance_number: int | None
     number_of_frames: int | None
-    transfer_syntax_uid: str
-    file_path: str
-    size_bytes: int
-    dataset_size: int
-    checksum: str
-    source_ae: str | None
-    called_ae: str | None
-    source_ip: str | None
-    association_id: str | None
-    received_at: dt.datetime
-    event: str = "stored"
-    """The ingest event: 'stored', or 'recovered' at start-up."""
 
     def row(self, seq: int) -> tuple[object, ...]:
         return (seq, *(getattr(self, name) for name in COLUMNS[1:]))
@@ -149,26 +158,6 @@ class Attributes:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class Provenance:
-    """Where an instance came from and where it is stored: what the data set
-    itself does not say."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    file_path: str
-    size_bytes: int
-    dataset_size: int
-    checksum: str
-    source_ae: str | None
-    called_ae: str | None
-    source_ip: str | None
-    association_id: str | None
-    received_at: dt.datetime
-    event: str = "stored"
-
-
 def build_record(a: Attributes, p: Provenance) -> InstanceRecord:
     """The index record of one instance (Study/Series UIDs already checked)."""
     return InstanceRecord(
@@ -186,19 +175,7 @@ def build_record(a: Attributes, p: Provenance) -> InstanceRecord:
         modality=a.ascii(MODALITY),
         series_number=a.integer(SERIES_NUMBER),
         series_description=a.text(SERIES_DESCRIPTION),
-        sop_instance_uid=p.sop_instance_uid,
-        sop_class_uid=p.sop_class_uid,
         instance_number=a.integer(INSTANCE_NUMBER),
         number_of_frames=a.integer(NUMBER_OF_FRAMES),
-        transfer_syntax_uid=p.transfer_syntax_uid,
-        file_path=p.file_path,
-        size_bytes=p.size_bytes,
-        dataset_size=p.dataset_size,
-        checksum=p.checksum,
-        source_ae=p.source_ae,
-        called_ae=p.called_ae,
-        source_ip=p.source_ip,
-        association_id=p.association_id,
-        received_at=p.received_at,
-        event=p.event,
+        **{f.name: getattr(p, f.name) for f in fields(Provenance)},
     )
