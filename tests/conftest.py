@@ -95,8 +95,8 @@ async def gateway_factory(state_dir: Path, empty_db: str) -> AsyncIterator[Calla
     """A gateway of the test's own (started by the test), e.g. to kill or reconfigure."""
     made: list[Gateway] = []
 
-    def make(**extra_env: str) -> Gateway:
-        gateway = Gateway(state_dir, empty_db, extra_env=extra_env)
+    def make(config_yaml: str | None = None, **extra_env: str) -> Gateway:
+        gateway = Gateway(state_dir, empty_db, extra_env=extra_env, config_yaml=config_yaml)
         made.append(gateway)
         return gateway
 

@@ -41,6 +41,8 @@ class Gateway:
     dimse_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    config_yaml: str | None = None
+    """Written to <state_dir>/dicom-gw.yaml and used as the config file."""
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
 
@@ -61,6 +63,10 @@ class Gateway:
             "DICOMGW_STORAGE__LOW_WATERMARK_PERCENT": "99.9",
         }
         env = cli_env(self.state_dir, **{**defaults, **self.extra_env})
+        if self.config_yaml is not None:
+            path = self.state_dir / "dicom-gw.yaml"
+            path.write_text(self.config_yaml)
+            env["DICOMGW_CONFIG"] = str(path)
         if self.dsn:
             env["DICOMGW_DATABASE__DSN"] = self.dsn
         return env

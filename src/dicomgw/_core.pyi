@@ -76,3 +76,30 @@ class ReceiveStream:
     @property
     def in_message(self) -> bool: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+
+# The forward path's data set sender; see csrc/send_stream.pyx.
+
+class DataSetSender:
+    """Sends one data set as P-DATA-TF PDUs of one PDV each over a non-blocking socket.
+
+    data is the data set (bytes, or a memoryview of an mmap of the stored file);
+    max_pdu_length is the peer's Maximum Length Received (PS3.8 D.1). send()
+    returns True once the last PDU is out, False when the socket is full (wait
+    until it is writable and call again); it raises OSError for socket errors.
+    """
+
+    bytes_out: int
+    pdus_out: int
+
+    def __init__(
+        self,
+        sock_fd: int,
+        data: bytes | bytearray | memoryview,
+        max_pdu_length: int,
+        context_id: int,
+    ) -> None: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def done(self) -> bool: ...
+    def send(self) -> bool: ...

@@ -57,6 +57,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forwarder(args: argparse.Namespace) -> int:
+    from dicomgw import serve
+
+    config = _config(args)
+    _setup_logging(config)
+    serve.run_forwarder(config)
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    """Which rules and destinations each file would get, from the rules in force."""
+    import dataclasses
+    from pathlib import Path
+
+    from dicomgw.db.pool import create_pool
+    from dicomgw.db.server import database
+    from dicomgw.forward.rules import load_rules, route
+    from dicomgw.receiver.recovery import read_record
+
+    config = _config(args)
+    _setup_logging(config)
+    overrides = {
+        k: v
+        for k, v in (
+            ("source_ae", args.calling_ae),
+            ("called_ae", args.called_ae),
+            ("source_ip", args.source_ip),
+        )
+        if v is not None
+    }
+    records = []
+    for name in args.files:
+        try:
+            records.append((name, dataclasses.replace(read_record(Path.cwd(), name), **overrides)))
+        except (OSError, DicomGwError) as exc:
+            raise DicomGwError(f"{name}: cannot read it as a DICOM file: {exc}") from None
+
+    async def evaluate(dsn: str) -> list[str]:
+        pool = await create_pool(dsn, config.database)
+        try:
+            async with pool.acquire() as conn:
+                rules = await load_rules(conn)
+                names = dict(await conn.fetch("SELECT id, name FROM destinations"))
+        finally:
+            await pool.close()
+        by_id = {r.id: r.name for r in rules}
+        lines = []
+        for name, record in records:
+            routes = route(rules, record)
+            lines.append(f"{name}: {len(routes)} destination(s)")
+            lines.extend(
+                f"  rule '{by_id[r.rule_id]}' -> {names[r.destination_id]}"
+                + (f" (held: {r.hold_key}, quiet {r.delay_s}s)" if r.hold_key else "")
+                for r in routes
+            )
+        return lines
+
+    with database(config, adopt=False) as dsn:
+        _out("\n".join(asyncio.run(evaluate(dsn))))
+    return 0
+
+
 def _migrate(args: argparse.Namespace, step: Callable[[str, str], None]) -> int:
     from dicomgw.db import migrate
     from dicomgw.db.server import database
@@ -175,7 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    add(sub, "serve", cmd_serve, "run the gateway: DIMSE receiver, API, embedded database")
+    add(sub, "serve", cmd_serve, "run the gateway: DIMSE receiver, forwarder, API, database")
+    add(sub, "forwarder", cmd_forwarder, "run only the forwarder (on a running database)")
+
+    rules = sub.add_parser("rules", help="routing rules", description="Routing rule commands.")
+    rules_sub = rules.add_subparsers(
+        dest="rules_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    p = add(rules_sub, "test", cmd_rules_test, "show the routes and destinations FILEs would get")
+    p.add_argument("files", nargs="+", metavar="FILE", help="DICOM Part 10 files")
+    p.add_argument("--calling-ae", help="as if sent by this AE title (default: the file's)")
+    p.add_argument("--called-ae", help="as if sent to this AE title")
+    p.add_argument("--source-ip", help="as if sent from this address")
 
     db = sub.add_parser("db", help="database schema", description="Database schema commands.")
     db_sub = db.add_subparsers(

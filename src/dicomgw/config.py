@@ -130,6 +130,108 @@ class IndexConfig(_Section, frozen=True):
     """Bytes at the start of each data set kept for the metadata scan."""
 
 
+class _Destination(_Section, frozen=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    """Unique; routes refer to it."""
+    max_parallel: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Associations (DIMSE) or HTTP requests (STOW-RS) in flight at once."""
+    enabled: bool = True
+
+
+class DimseDestination(_Destination, frozen=True, kw_only=True, tag="dimse", tag_field="type"):
+    """A DICOM peer reached with C-STORE."""
+
+    ae_title: AETitle
+    """The peer's (called) AE title."""
+    host: str
+    port: Port
+    calling_ae_title: AETitle = "DICOMGW"
+    max_pdu: MaxPDU = 262_144
+    """The largest P-DATA-TF PDU dicom-gw accepts from the peer (it sends what the
+    peer announces)."""
+    preferred_transfer_syntaxes: tuple[UID, ...] = ()
+    """Proposed for conversion, in order, when the peer refuses an instance's stored
+    transfer syntax. Empty: Explicit VR Little Endian, then Implicit VR Little Endian."""
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    connect_timeout_s: Seconds = 10.0
+    network_timeout_s: Seconds = 60.0
+    """Waiting for the peer (association reply, C-STORE-RSP, socket writable)."""
+    idle_release_s: Seconds = 10.0
+    """An association with no work for this long is released."""
+
+    def __post_init__(self) -> None:
+        if self.tls:
+            raise ValueError(
+                "tls: DICOM TLS to destinations is not implemented yet; "
+                "use a TLS tunnel (stunnel) to the peer meanwhile"
+            )
+
+
+class StowDestination(_Destination, frozen=True, kw_only=True, tag="stowrs", tag_field="type"):
+    """A DICOMweb server reached with STOW-RS (PS3.18 10.5)."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    """The service base URL; instances are POSTed to <url>/studies."""
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    verify_tls: bool = True
+    tls_ca_file: str | None = None
+    instances_per_request: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
+    timeout_s: Seconds = 60.0
+
+    def __post_init__(self) -> None:
+        if self.auth == "basic" and (self.username is None or self.password is None):
+            raise ValueError("auth 'basic' needs username and password")
+        if self.auth == "bearer" and self.token is None:
+            raise ValueError("auth 'bearer' needs token")
+
+
+Destination = DimseDestination | StowDestination
+
+MatchValue = str | int | list[str]
+
+
+class Route(_Section, frozen=True, kw_only=True):
+    """A routing rule: instances matching ``match`` are forwarded to ``destinations``.
+
+    ``match`` maps an attribute (calling_ae, called_ae, source_ip, modality,
+    sop_class_uid or any indexed attribute) to a pattern: ``"CT"`` (equals),
+    ``"glob:CT*"``, ``"re:^(CT|MR)$"``, or a list of alternatives. ``{}`` matches all.
+    """
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    match: dict[str, MatchValue] = msgspec.field(default_factory=dict)
+    destinations: tuple[str, ...]
+    enabled: bool = True
+    granularity: Literal["instance", "series", "study"] = "instance"
+    quiet_period_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 0
+    """With series/study granularity: forward once no instance arrived for this long."""
+
+
+class ForwarderConfig(_Section, frozen=True):
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    """Jobs a worker claims at once (sent over one association)."""
+    lease_s: Seconds = 300.0
+    """A claimed job not finished within this is claimable again (its worker died)."""
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    """Transient failures before a job goes to dead-letter (with the default backoff
+    about two days)."""
+    permanent_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    """Permanent failures (rejections) before a job goes to dead-letter."""
+    backoff_initial_s: Seconds = 5.0
+    backoff_max_s: Seconds = 1800.0
+    circuit_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    """Consecutive transient failures that open a destination's circuit; it closes
+    when a C-ECHO (or HTTP probe) succeeds."""
+    circuit_probe_s: Seconds = 30.0
+    """Seconds between probes of an open circuit."""
+
+
 class ApiConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8080
@@ -150,6 +252,11 @@ class Config(_Section, frozen=True):
     index: IndexConfig = msgspec.field(default_factory=IndexConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    forwarder: ForwarderConfig = msgspec.field(default_factory=ForwarderConfig)
+    destinations: tuple[Destination, ...] = ()
+    """Declared destinations, applied to the database at start (by name)."""
+    routes: tuple[Route, ...] = ()
+    """Declared routing rules, in order, applied at start (by name)."""
 
     @property
     def state_path(self) -> Path:
@@ -192,6 +299,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
             _set_path(raw, keys, _env_value(var, value))
             sources[".".join(keys)] = f"environment variable {var}"
     config = _validate(raw, sources)
+    _check_names(config, sources)
     if not config.state_dir:
         config = msgspec.structs.replace(config, state_dir=default_state_dir())
     return msgspec.structs.replace(config, state_dir=str(Path(config.state_dir).resolve()))
@@ -255,8 +363,37 @@ def _leaf_paths(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+def _check_names(config: Config, sources: Mapping[str, str]) -> None:
+    """Names unique, and every route's destinations declared."""
+    names = [d.name for d in config.destinations]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(
+                f"destinations[{i}].name",
+                "is declared twice",
+                name,
+                sources.get("destinations", ""),
+            )
+    routes = [r.name for r in config.routes]
+    for i, route in enumerate(config.routes):
+        if route.name in routes[:i]:
+            raise ConfigError(
+                f"routes[{i}].name", "is declared twice", route.name, sources.get("routes", "")
+            )
+        for target in route.destinations:
+            if target not in names:
+                raise ConfigError(
+                    f"routes[{i}].destinations",
+                    f"names destination '{target}', which is not declared "
+                    f"(declared: {', '.join(names) or 'none'})",
+                    list(route.destinations),
+                    sources.get("routes", ""),
+                )
+
+
 _MSGSPEC_PATH = re.compile(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$")
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]*)`$")
+_MISSING_FIELD = re.compile(r"^Object missing required field `([^`]*)`$")
 
 
 def _validate(raw: dict[str, Any], sources: Mapping[str, str]) -> Config:
@@ -272,25 +409,28 @@ def _config_error(message: str, raw: Mapping[str, Any], sources: Mapping[str, st
     problem = message[: match.start()] if match else message
     parts = [p for p in re.split(r"\.|(?=\[)", path) if p]
     unknown = _UNKNOWN_FIELD.match(problem)
-    if unknown:
+    missing = _MISSING_FIELD.match(problem)
+    if missing:
+        parts.append(missing.group(1))
+        problem = "required key missing"
+    elif unknown:
         parts.append(unknown.group(1))
         allowed = ", ".join(sorted(_fields_at(parts[:-1])))
         problem = f"unknown key; allowed here: {allowed}"
     else:
         problem = _allowed_hint(problem, parts)
     key = ".".join(parts).replace(".[", "[") or "(top level)"
-    value = None if unknown else _lookup(raw, parts)
+    value = None if unknown or missing else _lookup(raw, parts)
     source = sources.get(key.split("[")[0], "")
     return ConfigError(key, problem, value, source)
 
 
 def _fields_at(parts: list[str]) -> list[str]:
-    node: Any = Config
-    for part in parts:
-        node = get_type_hints(node, include_extras=True).get(part)
-    if isinstance(node, type) and issubclass(node, msgspec.Struct):
-        return list(node.__struct_fields__)
-    return []
+    node = _field_type(parts)
+    members = get_args(node) or (node,)
+    return sorted(
+        {f for m in members if isinstance(m, type) for f in getattr(m, "__struct_fields__", ())}
+    )
 
 
 def _allowed_hint(problem: str, parts: list[str]) -> str:
@@ -300,7 +440,9 @@ def _allowed_hint(problem: str, parts: list[str]) -> str:
     problem = problem.replace("`", "")
     if problem.startswith("Expected"):
         problem = "expected" + problem[len("Expected") :]
-    problem = problem.replace("Invalid enum value", "invalid value")
+    problem = problem.replace("Invalid enum value", "invalid value").replace(
+        "Invalid value", "invalid value"
+    )
     hint = _field_type(parts)
     if hint is not None and get_origin(hint) is Literal:
         return f"{problem}; allowed: {', '.join(map(str, get_args(hint)))}"
@@ -308,11 +450,23 @@ def _allowed_hint(problem: str, parts: list[str]) -> str:
 
 
 def _field_type(parts: list[str]) -> Any:
+    """The type at a key path; a list item (``[0]``) is its item type, a tagged
+    union (destinations) every member."""
     node: Any = Config
     for part in parts:
-        if not (isinstance(node, type) and issubclass(node, msgspec.Struct)):
-            return None
-        node = get_type_hints(node, include_extras=False).get(part)
+        if part.startswith("["):
+            args = get_args(node)
+            node = args[0] if args else None
+            continue
+        members = [m for m in (get_args(node) or (node,)) if isinstance(m, type)]
+        hints = [
+            get_type_hints(m, include_extras=False).get(part)
+            for m in members
+            if issubclass(m, msgspec.Struct)
+        ]
+        node = next((h for h in hints if h is not None), None)
+        if node is None and part == "type" and members:
+            return Literal["dimse", "stowrs"]
     return node
 
 

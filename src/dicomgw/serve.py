@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 
+import asyncpg
 import msgspec
 import uvloop
 
@@ -24,6 +25,9 @@ from dicomgw.db import migrate
 from dicomgw.db.pool import create_pool
 from dicomgw.db.server import database
 from dicomgw.errors import DatabaseError, DicomGwError
+from dicomgw.forward.destinations import apply_declared
+from dicomgw.forward.secrets import SecretBox
+from dicomgw.forward.supervisor import Forwarder
 from dicomgw.index.batcher import init_connection
 from dicomgw.receiver.server import Receiver
 from dicomgw.statedir import StateDirLock
@@ -50,6 +54,34 @@ def run(config: Config, config_file: str | None) -> None:
         lock.release()
 
 
+def run_forwarder(config: Config) -> None:
+    """``dicom-gw forwarder``: only the forwarder, on a database that ``serve`` (or
+    an operator) set up; several may run against one database."""
+    with database(config, adopt=False) as dsn:
+        ensure_schema(dsn, upgrade=False)
+        live = msgspec.structs.replace(
+            config, database=msgspec.structs.replace(config.database, dsn=dsn)
+        )
+        uvloop.run(_forward_only(live))
+
+
+async def _forward_only(config: Config) -> None:
+    pool = await create_pool(config.database.dsn or "", config.database)
+    try:
+        forwarder = await start_forwarder(config, pool)
+        log.info("dicom-gw forwarder running", extra={"owner": forwarder.owner})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+        await forwarder.close()
+    finally:
+        await pool.close()
+    log.info("stopped")
+
+
 def ensure_schema(dsn: str, *, upgrade: bool) -> None:
     if upgrade:
         migrate.upgrade(dsn)
@@ -65,10 +97,12 @@ def ensure_schema(dsn: str, *, upgrade: bool) -> None:
 async def _serve(config: Config, config_file: str | None) -> None:
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
     receiver = Receiver(config, pool)
+    forwarder = await start_forwarder(config, pool)
     try:
         await receiver.start()
     except BaseException:
         await receiver.close()
+        await forwarder.close()
         await pool.close()
         raise
     api = await _start_api(config, config_file)
@@ -95,10 +129,21 @@ async def _serve(config: Config, config_file: str | None) -> None:
     finally:
         stopper.cancel()
         await receiver.close()
+        await forwarder.close()
         await _stop_api(api)
         api_exit.cancel()
         await pool.close()
         log.info("stopped")
+
+
+async def start_forwarder(config: Config, pool: asyncpg.Pool) -> Forwarder:
+    """Apply the declared destinations and routes, then start forwarding."""
+    box = SecretBox.open(config.state_path)
+    async with pool.acquire() as conn:
+        await apply_declared(conn, config, box)
+    forwarder = Forwarder(pool, config.forwarder, box, config.storage_root)
+    await forwarder.start()
+    return forwarder
 
 
 async def _start_api(config: Config, config_file: str | None) -> asyncio.subprocess.Process:

@@ -14,6 +14,9 @@ from tests.cli import cli_env, run_cli
 COMMANDS = [
     [],
     ["serve"],
+    ["forwarder"],
+    ["rules"],
+    ["rules", "test"],
     ["db"],
     ["db", "upgrade"],
     ["db", "downgrade"],

@@ -18,6 +18,7 @@ TABLES = {
     "routing_rules",
     "routing_rule_destinations",
     "forward_jobs",
+    "forward_attempts",
     "users",
     "audit_log",
     "metrics_rollup",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import msgspec
 import pytest
 import yaml
 
-from dicomgw.config import Config, load_config, redacted
+from dicomgw.config import Config, DimseDestination, StowDestination, load_config, redacted
 from dicomgw.errors import ConfigError
 
 
@@ -108,7 +109,7 @@ def test_unknown_env_override_is_rejected(tmp_path: Path, var: str) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [
-        ("nope: 1", "nope", "unknown key; allowed here: api, database, dimse"),
+        ("nope: 1", "nope", "unknown key; allowed here: api, database, destinations, dimse"),
         ("dimse: {prot: 1}", "dimse.prot", "allowed here: accepted_sop_classes, accepted_transfer"),
         ("database: {pool_min_size: 0}", "database.pool_min_size", ">= 1"),
         ("database: {pool_min_size: 5, pool_max_size: 2}", "database", "pool_min_size (5)"),
@@ -206,10 +207,93 @@ def test_example_config_is_valid() -> None:
 
 
 def _key_paths(struct: type[msgspec.Struct], prefix: str = "") -> list[str]:
+    """Every key; items of a list of sections as ``destinations[].name``."""
     keys = []
     for field in msgspec.structs.fields(struct):
         if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
             keys.extend(_key_paths(field.type, f"{prefix}{field.name}."))
+            continue
+        items = [
+            t
+            for arg in typing.get_args(field.type)
+            for t in (typing.get_args(arg) or (arg,))
+            if isinstance(t, type) and issubclass(t, msgspec.Struct)
+        ]
+        if typing.get_origin(field.type) is tuple and items:
+            for item in items:
+                keys.extend(
+                    k for k in _key_paths(item, f"{prefix}{field.name}[].") if k not in keys
+                )
         else:
             keys.append(f"{prefix}{field.name}")
     return keys
+
+
+DECLARED = """
+destinations:
+  - name: pacs1
+    type: dimse
+    ae_title: STORESCP
+    host: 127.0.0.1
+    port: 11113
+  - name: cloud
+    type: stowrs
+    url: http://127.0.0.1:8042/dicom-web
+routes:
+  - name: everything-to-pacs1
+    match: {}
+    destinations: [pacs1]
+"""
+
+
+def test_documented_destinations_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(DECLARED)
+    config = load_config(str(path), {})
+    pacs1, cloud = config.destinations
+    assert isinstance(pacs1, DimseDestination)
+    assert (pacs1.ae_title, pacs1.port, pacs1.calling_ae_title) == ("STORESCP", 11113, "DICOMGW")
+    assert isinstance(cloud, StowDestination)
+    assert cloud.url == "http://127.0.0.1:8042/dicom-web"
+    assert config.routes[0].destinations == ("pacs1",)
+    assert config.routes[0].match == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        (
+            "routes: [{name: r, destinations: [nope]}]",
+            "routes[0].destinations",
+            "names destination 'nope', which is not declared",
+        ),
+        (
+            "destinations: [{name: a, type: dimse, host: h, port: 1}]",
+            "destinations[0].ae_title",
+            "required key missing",
+        ),
+        ("destinations: [{name: a, type: ftp}]", "destinations[0].type", "allowed: dimse, stowrs"),
+        (
+            "destinations: [{name: a, type: stowrs, url: 'http://x', auth: basic}]",
+            "destinations[0]",
+            "auth 'basic' needs username and password",
+        ),
+        (
+            "destinations: [{name: a, type: dimse, ae_title: X, host: h, port: 1, bogus: 1}]",
+            "destinations[0].bogus",
+            "unknown key; allowed here: ae_title",
+        ),
+        (
+            "destinations: [{name: a, type: stowrs, url: 'http://x'},"
+            " {name: a, type: stowrs, url: 'http://y'}]",
+            "destinations[1].name",
+            "is declared twice",
+        ),
+    ],
+)
+def test_destination_and_route_errors_name_the_key(
+    tmp_path: Path, text: str, key: str, fragment: str
+) -> None:
+    err = error_for(tmp_path, text)
+    assert err.key == key
+    assert fragment in str(err)

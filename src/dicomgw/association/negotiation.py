@@ -202,6 +202,32 @@ def _supported_contexts(
     return supported
 
 
+@dataclass(frozen=True, slots=True)
+class PeerUserInformation:
+    """What the peer's User Information item (PS3.8 9.3.2.3 / D.3.3) says of it."""
+
+    max_pdu: int
+    """Maximum Length Received; 0: no limit."""
+    implementation_class_uid: str
+    implementation_version_name: str
+    async_ops_requested: bool
+
+
+def peer_user_information(items: Iterable[object]) -> PeerUserInformation:
+    """Read the sub-items of an A-ASSOCIATE-RQ or -AC that both sides care about."""
+    max_pdu, class_uid, version, async_ops = 0, "", "", False
+    for item in items:
+        if isinstance(item, MaximumLengthNotification):
+            max_pdu = int(item.maximum_length_received or 0)
+        elif isinstance(item, ImplementationClassUIDNotification):
+            class_uid = str(item.implementation_class_uid or "")
+        elif isinstance(item, ImplementationVersionNameNotification):
+            version = str(item.implementation_version_name or "")
+        elif isinstance(item, AsynchronousOperationsWindowNegotiation):
+            async_ops = True
+    return PeerUserInformation(max_pdu, class_uid, version, async_ops)
+
+
 def negotiate(request: Request, config: DimseConfig, max_pdu: int) -> Acceptance:
     """Presentation contexts, roles, max PDU, async ops: the A-ASSOCIATE-AC."""
     primitive = request.primitive
@@ -214,19 +240,7 @@ def negotiate(request: Request, config: DimseConfig, max_pdu: int) -> Acceptance
     results, role_replies = negotiate_as_acceptor(
         proposed, _supported_contexts(proposed, config), roles or None
     )
-    peer_max_pdu = 0
-    implementation_class_uid = ""
-    implementation_version_name = ""
-    async_requested = False
-    for item in primitive.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            peer_max_pdu = int(item.maximum_length_received or 0)
-        elif isinstance(item, ImplementationClassUIDNotification):
-            implementation_class_uid = str(item.implementation_class_uid or "")
-        elif isinstance(item, ImplementationVersionNameNotification):
-            implementation_version_name = str(item.implementation_version_name or "")
-        elif isinstance(item, AsynchronousOperationsWindowNegotiation):
-            async_requested = True
+    peer = peer_user_information(primitive.user_information)
 
     accepted = {
         (cx.context_id or 0): AcceptedContext(
@@ -261,17 +275,17 @@ def negotiate(request: Request, config: DimseConfig, max_pdu: int) -> Acceptance
         class_uid,
         version,
         *role_replies,
-        *([window] if async_requested else []),
+        *([window] if peer.async_ops_requested else []),
     ]
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
     return Acceptance(
         calling_ae_title=request.calling_ae_title,
         called_ae_title=request.called_ae_title,
-        peer_max_pdu=peer_max_pdu,
+        peer_max_pdu=peer.max_pdu,
         contexts=accepted,
         ac_pdu=bytes(pdu.encode()),
         rejected_contexts=len(results) - len(accepted),
-        implementation_class_uid=implementation_class_uid,
-        implementation_version_name=implementation_version_name,
+        implementation_class_uid=peer.implementation_class_uid,
+        implementation_version_name=peer.implementation_version_name,
     )

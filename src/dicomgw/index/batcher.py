@@ -3,9 +3,11 @@
 Receivers ``await index(record)``; a single task gathers what is waiting (up
 to ``batch_size``, or for at most ``max_delay_s`` after the first), COPYs it
 into a temporary staging table and upserts studies, series, instances and
-ingest events from there in one transaction. The caller's future resolves
-only after COMMIT, so Success is never sent for an instance the index does not
-hold. Concurrent associations share transactions (group commit).
+ingest events from there in one transaction. The forward jobs the routing rules
+give a new instance are created in that same transaction, so no acknowledged
+instance is ever without its jobs. The caller's future resolves only after
+COMMIT, so Success is never sent for an instance the index does not hold.
+Concurrent associations share transactions (group commit).
 """
 
 from __future__ import annotations
@@ -20,19 +22,24 @@ from typing import Literal
 
 import asyncpg
 
+from dicomgw.db import channels
 from dicomgw.errors import DicomGwError
-from dicomgw.index.records import COLUMNS, STAGING_COLUMNS, InstanceRecord
+from dicomgw.index.records import COLUMNS, STAGING_COLUMNS, InstanceRecord, JobRoute
 
 log = logging.getLogger(__name__)
 
 DuplicatePolicy = Literal["reject", "keep-both"]
 # (stored file path, new file path, data set size) -> are the data sets byte-equal?
 SameContent = Callable[[str, str, int], Awaitable[bool]]
+# The forward jobs a newly stored instance gets (routing rules, evaluated at ingest).
+Router = Callable[[InstanceRecord], Sequence[JobRoute]]
 
 STAGING_DDL = f"""
 CREATE TEMP TABLE IF NOT EXISTS staging_instances (
     version integer, event text,
-    {", ".join(f"{name} {sql_type}" for name, sql_type in STAGING_COLUMNS)}
+    {", ".join(f"{name} {sql_type}" for name, sql_type in STAGING_COLUMNS)},
+    -- The instance's forward jobs, one array element per job (JobRoute).
+    rule_ids bigint[], destination_ids bigint[], delays integer[], hold_keys text[]
 ) ON COMMIT DELETE ROWS
 """
 
@@ -110,8 +117,39 @@ INSERT INTO ingest_events (event, instance_id, sop_instance_uid, dimse_status, s
 SELECT x.event, i.id, x.sop_instance_uid, 0, x.source_ae, x.called_ae, x.source_ip,
        x.association_id, x.size_bytes, x.received_at
 FROM inserted i JOIN staging_instances x USING (file_path)
+), jobs AS (
+INSERT INTO forward_jobs (instance_id, destination_id, rule_id, due_at, hold_key)
+SELECT i.id, r.destination_id, r.rule_id, now() + make_interval(secs => r.delay), r.hold_key
+FROM inserted i JOIN staging_instances x USING (file_path)
+CROSS JOIN LATERAL unnest(x.rule_ids, x.destination_ids, x.delays, x.hold_keys)
+    AS r(rule_id, destination_id, delay, hold_key)
 )
 SELECT id, file_path FROM inserted
+"""
+
+# A new arrival in a held series/study pushes its group's pending jobs on by the
+# quiet period (the new jobs themselves were inserted with that due time).
+HOLD_GROUPS = """
+UPDATE forward_jobs j SET due_at = now() + make_interval(secs => h.delay), updated_at = now()
+FROM (SELECT r.destination_id, r.hold_key, max(r.delay) AS delay
+      FROM staging_instances x
+      CROSS JOIN LATERAL unnest(x.destination_ids, x.delays, x.hold_keys)
+          AS r(destination_id, delay, hold_key)
+      WHERE r.hold_key IS NOT NULL GROUP BY 1, 2) h
+WHERE j.state = 'pending' AND j.destination_id = h.destination_id AND j.hold_key = h.hold_key
+"""
+
+COUNT_HITS = """
+UPDATE routing_rules r SET hits = r.hits + h.n
+FROM (SELECT rule_id, count(DISTINCT x.seq) AS n
+      FROM staging_instances x CROSS JOIN LATERAL unnest(x.rule_ids) AS rule_id
+      GROUP BY rule_id) h
+WHERE r.id = h.rule_id
+"""
+
+NOTIFY_JOBS = f"""
+PERFORM pg_notify('{channels.JOBS}', d::text)
+FROM (SELECT DISTINCT unnest(destination_ids) AS d FROM staging_instances) n
 """
 
 INSERT_EVENTS = """
@@ -150,6 +188,9 @@ BEGIN
     {UPSERT_SERIES};
     {COUNT_SERIES};
     RETURN QUERY {INSERT_INSTANCES};
+    {HOLD_GROUPS};
+    {COUNT_HITS};
+    {NOTIFY_JOBS};
 END
 $fn$
 """
@@ -196,8 +237,10 @@ class IndexBatcher:
         duplicate_policy: DuplicatePolicy,
         same_content: SameContent,
         timeout_s: float,
+        router: Router = lambda record: (),
     ) -> None:
         self._timeout_s = timeout_s
+        self._router = router
         self._pool = pool
         self._same_content = same_content
         self._batch_size = batch_size
@@ -374,13 +417,34 @@ class IndexBatcher:
                 )
                 outcomes.append(None)
                 new_versions[seq] = version
-                rows.append((seq, version, record.event, *record.row(seq)[1:]))
+                routes = self._router(record)
+                rows.append(
+                    (
+                        seq,
+                        version,
+                        record.event,
+                        *record.row(seq)[1:],
+                        [r.rule_id for r in routes],
+                        [r.destination_id for r in routes],
+                        [r.delay_s for r in routes],
+                        [r.hold_key for r in routes],
+                    )
+                )
         ids: dict[str, int] = {}
         if rows:
             await conn.copy_records_to_table(
                 "staging_instances",
                 records=rows,
-                columns=["seq", "version", "event", *COLUMNS[1:]],
+                columns=[
+                    "seq",
+                    "version",
+                    "event",
+                    *COLUMNS[1:],
+                    "rule_ids",
+                    "destination_ids",
+                    "delays",
+                    "hold_keys",
+                ],
             )
             ids = {
                 r["file_path"]: r["id"]

@@ -109,6 +109,18 @@ class InstanceRecord(Provenance):
         return (seq, *(getattr(self, name) for name in COLUMNS[1:]))
 
 
+@dataclass(frozen=True, slots=True)
+class JobRoute:
+    """A forward job to create with an instance's index row (in its transaction)."""
+
+    rule_id: int
+    destination_id: int
+    delay_s: int = 0
+    """Quiet period: the job is due this long after the last arrival of its group."""
+    hold_key: str | None = None
+    """Pending jobs of one destination sharing a key are held back together."""
+
+
 def _clean(value: str) -> str | None:
     # NOTE: PostgreSQL text cannot hold NUL; a peer's stray NUL must not fail a batch.
     return value.replace("\x00", "").strip() or None

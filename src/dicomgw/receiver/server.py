@@ -11,6 +11,7 @@ import asyncpg
 from dicomgw.association.acceptor import AssociationLimits, start_listener
 from dicomgw.config import Config
 from dicomgw.errors import DicomGwError
+from dicomgw.forward.rules import RoutingTable
 from dicomgw.index.batcher import IndexBatcher
 from dicomgw.receiver.recovery import recover
 from dicomgw.receiver.store import StorageService
@@ -39,6 +40,7 @@ class Receiver:
         self.disk = DiskGuard(
             layout.root, config.storage.high_watermark_percent, config.storage.low_watermark_percent
         )
+        self.routing = RoutingTable(pool)
         self.batcher = IndexBatcher(
             pool,
             batch_size=config.index.batch_size,
@@ -46,6 +48,7 @@ class Receiver:
             duplicate_policy=config.storage.duplicate_policy,
             same_content=self.spool.same_dataset,
             timeout_s=index_timeout_s(config),
+            router=self.routing.route,
         )
         self.limits = AssociationLimits(config.dimse)
         self.service = StorageService(
@@ -56,6 +59,7 @@ class Receiver:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        await self.routing.start()
         self.batcher.start()
         await recover(self.spool.layout, self._pool, self.batcher)
         dimse = self._config.dimse
@@ -73,5 +77,6 @@ class Receiver:
             self._server.close()
             await self._server.wait_closed()
         await self.batcher.close()
+        await self.routing.close()
         self._executor.shutdown(wait=True)
         self.spool.close()

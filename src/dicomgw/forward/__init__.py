@@ -1,0 +1,1 @@
+"""Forwarding: routing rules, destinations and the senders that deliver to them."""

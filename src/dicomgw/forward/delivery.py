@@ -1,0 +1,91 @@
+"""What a sender is given (stored instances) and what it reports back (outcomes).
+
+Senders (DIMSE, STOW-RS) know nothing of the queue: the forwarder hands them
+:class:`StoredInstance` items and records the :class:`Outcome` of each.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from dicomgw._core import crc32c
+
+OutcomeKind = Literal["delivered", "transient", "permanent"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """One instance to deliver: its stored file and what the index knows of it."""
+
+    job_id: int
+    instance_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    """The Part 10 file (absolute)."""
+    dataset_size: int
+    """The data set, exactly as received, is the file's last ``dataset_size`` bytes."""
+    checksum: str
+    """``crc32c:xxxxxxxx`` of the data set, recorded at ingest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of delivering one instance.
+
+    ``delivered`` (a warning status still counts, with ``warning`` set), ``transient``
+    (retry later: peer down, out of resources, HTTP 5xx/429) or ``permanent``
+    (the peer refused this instance; retrying will not help).
+    """
+
+    kind: OutcomeKind
+    status: int | None
+    """The DIMSE status, or the HTTP status for STOW-RS; None when nothing answered."""
+    message: str = ""
+    warning: bool = False
+    converted_to: str | None = None
+    """The transfer syntax the data set was converted to, when it was."""
+
+
+class ChecksumMismatch(Exception):
+    """The stored data set no longer has the checksum recorded at ingest."""
+
+    def __init__(self, path: Path, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"stored file {path} is damaged: data set checksum {actual}, "
+            f"recorded at ingest {expected}"
+        )
+
+
+def dataset_checksum(path: Path, dataset_size: int) -> str:
+    """``crc32c:xxxxxxxx`` of the file's last ``dataset_size`` bytes (mapped, not copied)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if dataset_size > size:
+            raise ChecksumMismatch(path, "", f"file is {size} bytes, shorter than its data set")
+        if dataset_size == 0:
+            return f"crc32c:{crc32c(b''):08x}"
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                return f"crc32c:{crc32c(view[size - dataset_size :]):08x}"
+            finally:
+                view.release()
+
+
+def verify_checksum(item: StoredInstance) -> None:
+    """Raise :class:`ChecksumMismatch` unless the stored data set is intact."""
+    try:
+        actual = dataset_checksum(item.path, item.dataset_size)
+    except OSError as exc:
+        raise ChecksumMismatch(item.path, item.checksum, f"unreadable ({exc.strerror})") from None
+    if actual != item.checksum:
+        raise ChecksumMismatch(item.path, item.checksum, actual)

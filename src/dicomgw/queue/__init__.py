@@ -1,0 +1,1 @@
+"""The forward queue in PostgreSQL: claiming, finishing, retrying jobs."""

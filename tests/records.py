@@ -1,0 +1,48 @@
+"""Index records for tests that need instances in the index without sending them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from dicomgw.index.records import InstanceRecord
+
+
+def record(
+    n: int,
+    *,
+    modality: str = "CT",
+    study: str = "1.2.3",
+    series: str = "1.2.3.4",
+    checksum: str = "crc32c:00000000",
+) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=f"1.2.3.4.{n}.{uuid.uuid4().int % 10**12}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        file_path=f"objects/x/{uuid.uuid4().hex}.dcm",
+        size_bytes=1000,
+        dataset_size=800,
+        checksum=checksum,
+        source_ae="MODALITY",
+        called_ae="DICOMGW",
+        source_ip="127.0.0.1",
+        association_id="a1",
+        received_at=dt.datetime.now(dt.UTC),
+        study_instance_uid=study,
+        patient_id="P1",
+        patient_name="DOE^JANE",
+        patient_birth_date=None,
+        patient_sex="F",
+        study_date=None,
+        study_time=None,
+        accession_number="ACC1",
+        study_description=None,
+        referring_physician_name=None,
+        series_instance_uid=series,
+        modality=modality,
+        series_number=1,
+        series_description=None,
+        instance_number=n,
+        number_of_frames=None,
+    )
