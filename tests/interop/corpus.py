@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -639,7 +640,7 @@ class Received:
 class Sink:
     """A pynetdicom Storage SCP that keeps each data set exactly as it came off the wire."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: dict[str, Received] = {}
         self._lock = threading.Lock()
         self._ae = AE(ae_title="IOPSINK")
@@ -648,11 +649,11 @@ class Sink:
             self._ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         self._ae.add_supported_context(VERIFICATION)
         self._server: Any = None
-        self.port = 0
+        self.port = port
 
     def start(self) -> None:
         self._server = self._ae.start_server(
-            ("127.0.0.1", 0),
+            ("127.0.0.1", self.port),
             block=False,
             evt_handlers=[*NODELAY, (evt.EVT_C_STORE, self._on_store)],
         )
@@ -669,6 +670,72 @@ class Sink:
         with self._lock:
             self.received[uid] = received
         return 0x0000
+
+
+class Peer(Sink):
+    """The byte-exact sink, counting associations and stores per SOP Instance UID; it
+    answers ``statuses`` (by UID), waits ``delays`` (by UID, or ``delay_s`` for
+    all) and, given ``contexts``, supports only those (and Verification).
+    ``overlaps`` lists UIDs that arrived while a store of the same UID was still
+    in progress (two senders at once)."""
+
+    def __init__(
+        self,
+        statuses: dict[str, int] | None = None,
+        contexts: list[tuple[str, list[str]]] | None = None,
+        delays: dict[str, float] | None = None,
+        *,
+        delay_s: float = 0.0,
+        port: int = 0,
+    ) -> None:
+        super().__init__(port)
+        self.statuses = statuses or {}
+        self.delays = delays or {}
+        self.delay_s = delay_s
+        self.counts: Counter[str] = Counter()
+        self.overlaps: list[str] = []
+        self._in_flight: set[str] = set()
+        self.associations = 0
+        self.releases = 0
+        self._count_lock = threading.Lock()
+        if contexts is not None:
+            self._ae.supported_contexts = []
+            for abstract, syntaxes in contexts:
+                self._ae.add_supported_context(abstract, syntaxes)
+            self._ae.add_supported_context(VERIFICATION)
+        self._ae.require_called_aet = True
+
+    def start(self) -> None:
+        super().start()
+        self._server.bind(evt.EVT_ACCEPTED, self._on_accepted)
+        self._server.bind(evt.EVT_RELEASED, self._on_released)
+
+    def abort_all(self) -> None:
+        for assoc in self._server.active_associations:
+            assoc.abort()
+
+    def _on_accepted(self, event: Any) -> None:
+        with self._count_lock:
+            self.associations += 1
+
+    def _on_released(self, event: Any) -> None:
+        with self._count_lock:
+            self.releases += 1
+
+    def _on_store(self, event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        with self._count_lock:
+            if uid in self._in_flight:
+                self.overlaps.append(uid)
+            self._in_flight.add(uid)
+        try:
+            status = super()._on_store(event)
+            time.sleep(self.delays.get(uid, self.delay_s))
+        finally:
+            with self._count_lock:
+                self._in_flight.discard(uid)
+                self.counts[uid] += 1
+        return self.statuses.get(uid, status)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import io
 import subprocess
-import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +21,6 @@ import pydicom
 import pytest
 import uvloop
 from pydicom.uid import JPEGBaseline8Bit
-from pynetdicom import evt
 
 from dicomgw._core import crc32c
 from dicomgw.config import DimseDestination
@@ -35,8 +33,7 @@ from tests.interop.corpus import (
     CT_IMAGE,
     EXPLICIT_LE,
     IMPLICIT_LE,
-    VERIFICATION,
-    Sink,
+    Peer,
     build_corpus,
     dcmtk_env,
     small_images,
@@ -103,53 +100,6 @@ async def send_batches(
     finally:
         await sender.close()
     return outcomes
-
-
-class Peer(Sink):
-    """The byte-exact sink, counting associations; it answers ``statuses`` (by SOP
-    Instance UID) and, given ``contexts``, supports only those (and Verification)."""
-
-    def __init__(
-        self,
-        statuses: dict[str, int] | None = None,
-        contexts: list[tuple[str, list[str]]] | None = None,
-        delays: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__()
-        self.statuses = statuses or {}
-        self.delays = delays or {}
-        self.associations = 0
-        self.releases = 0
-        self._count_lock = threading.Lock()
-        if contexts is not None:
-            self._ae.supported_contexts = []
-            for abstract, syntaxes in contexts:
-                self._ae.add_supported_context(abstract, syntaxes)
-            self._ae.add_supported_context(VERIFICATION)
-        self._ae.require_called_aet = True
-
-    def start(self) -> None:
-        super().start()
-        self._server.bind(evt.EVT_ACCEPTED, self._on_accepted)
-        self._server.bind(evt.EVT_RELEASED, self._on_released)
-
-    def abort_all(self) -> None:
-        for assoc in self._server.active_associations:
-            assoc.abort()
-
-    def _on_accepted(self, event: Any) -> None:
-        with self._count_lock:
-            self.associations += 1
-
-    def _on_released(self, event: Any) -> None:
-        with self._count_lock:
-            self.releases += 1
-
-    def _on_store(self, event: Any) -> int:
-        status = super()._on_store(event)
-        uid = str(event.request.AffectedSOPInstanceUID)
-        time.sleep(self.delays.get(uid, 0))
-        return self.statuses.get(uid, status)
 
 
 @pytest.fixture
