@@ -24,7 +24,8 @@ import pytest
 
 from tests.cli import CLI
 from tests.gateway import Gateway, free_port
-from tests.interop.corpus import Item, Peer, small_images, storescu
+from tests.interop.conftest import Reference
+from tests.interop.corpus import Item, Peer, send_with_pynetdicom, small_images, storescu
 from tests.interop.orthanc import running_orthanc
 
 # Fast retries so the tests see several attempts in seconds.
@@ -118,6 +119,25 @@ def test_forwarded_byte_exact_over_one_association(
     # storescu sent one by one; the forwarder batches what is queued, and keeps
     # its association between batches.
     assert peer.associations <= 4
+
+
+def test_varied_corpus_arrives_as_it_was_received(
+    gateway_factory: Callable[..., Gateway], peer: Peer, pynetdicom_reference: Reference
+) -> None:
+    """Every transfer syntax, private tags, odd lengths, undefined-length sequences:
+    the data set the peer gets is the one pynetdicom put on the wire to dicom-gw."""
+    gateway = gateway_factory("destinations:\n" + dimse("pacs", peer.port) + everything_to("pacs"))
+    gateway.start()
+    items = pynetdicom_reference.corpus.items
+    outcomes = send_with_pynetdicom(items, gateway.dimse_port)
+    assert {uid: o for uid, o in outcomes.items() if o != 0} == {}
+    n = len(items)
+    assert wait_for_jobs(gateway, {"done": n}, timeout=120) == {"done": n}, gateway.log()
+    for item in items:
+        uid = item.sop_instance_uid
+        wire = pynetdicom_reference.wire[uid]
+        assert peer.received[uid].sha256 == wire.sha256, item.name
+        assert peer.received[uid].transfer_syntax == wire.transfer_syntax, item.name
 
 
 def test_rules_test_shows_the_routes(
