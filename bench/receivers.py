@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +90,10 @@ class Receiver:
     def groups(self, run: Running) -> Groups:
         return {self.name: [run.proc.pid]}
 
+    def received(self, run: Running) -> int:
+        """Instances it has taken in (files stored, unless it stores none)."""
+        return count_files(self.storage(run.workdir))
+
     def version(self) -> str:
         raise NotImplementedError
 
@@ -109,6 +113,26 @@ class StoreScp(Receiver):
     def version(self) -> str:
         match = re.search(r"v(\d\S*)", _output(["storescp", "--version"]))
         return match.group(1) if match else "unknown"
+
+
+class StoreScpSink(StoreScp):
+    """storescp --ignore: receives every data set and answers Success, stores nothing.
+
+    The forwarding benchmark's fast sink. -v logs one line per C-STORE request,
+    which is how the instances it received are counted.
+    """
+
+    name, ae = "storescp-ignore", "SINK"
+
+    def command(self, workdir: Path, port: int, pdu: int) -> tuple[list[str], dict[str, str]]:
+        argv = [
+            "storescp", "--fork", "-v", "--ignore", "-aet", self.ae, "+xa", "-pdu", str(pdu),
+            "-dhl", str(port)
+        ]  # fmt: skip
+        return argv, DCMTK_ENV
+
+    def received(self, run: Running) -> int:
+        return run.log.read_text(errors="replace").count("Received Store Request")
 
 
 class PynetdicomScp(Receiver):
@@ -157,10 +181,16 @@ class Orthanc(Receiver):
 
 
 class DicomGw(Receiver):
-    name, ae, fsync = "dicomgw", "DICOMGW", True  # storage.fsync defaults to true
+    name, ae = "dicomgw", "DICOMGW"
 
-    def __init__(self, python: str) -> None:
+    def __init__(
+        self, python: str, *, fsync: bool = True, env: Mapping[str, str] | None = None
+    ) -> None:
+        """``fsync``: storage.fsync (its default is true); ``env``: more ``DICOMGW_*``
+        settings, e.g. ``DICOMGW_CONFIG`` naming a file with destinations and routes."""
         self.python = python
+        self.fsync = fsync
+        self.env = dict(env or {})
 
     def command(self, workdir: Path, port: int, pdu: int) -> tuple[list[str], dict[str, str]]:
         env = os.environ | {
@@ -171,15 +201,16 @@ class DicomGw(Receiver):
             "DICOMGW_DIMSE__MAX_PDU": str(pdu),
             "DICOMGW_API__PORT": str(free_port()),
             "DICOMGW_LOGGING__LEVEL": "WARNING",
+            "DICOMGW_STORAGE__FSYNC": "true" if self.fsync else "false",
         }
-        return [self.python, "-m", "dicomgw.cli", "serve"], env
+        return [self.python, "-m", "dicomgw.cli", "serve"], env | self.env
 
     def storage(self, workdir: Path) -> Path:
         return workdir / "storage" / "objects"
 
     def groups(self, run: Running) -> Groups:
         # pg_ctl detaches the postmaster: find it by its data directory.
-        data_dir = f"-D {run.workdir}/pg"
+        data_dir = f"-D {self.pg_dir(run)}"
         postmasters = []
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
@@ -190,6 +221,11 @@ class DicomGw(Receiver):
                 if b"postgres" in cmdline.split(b" ", 1)[0] and data_dir.encode() in cmdline:
                     postmasters.append(int(entry.name))
         return {"dicomgw": [run.proc.pid], "postgresql": postmasters}
+
+    @staticmethod
+    def pg_dir(run: Running) -> Path:
+        """The embedded PostgreSQL's data directory (its postmaster.pid names the socket)."""
+        return run.workdir / "pg"
 
     def version(self) -> str:
         return _output([self.python, "-c", "import dicomgw; print(dicomgw.__version__)"])

@@ -186,7 +186,10 @@ def ratios(results: list[Result]) -> list[dict[str, object]]:
                         "parallel": gw.parallel,
                         "peer": peer.receiver,
                         "inst_per_s": round(gw.inst_per_s / peer.inst_per_s, 3),
-                        "cpu_s_per_gb": round(gw.cpu_per_gb() / peer.cpu_per_gb(), 3),
+                        # NOTE: a peer can finish a tiny set within one clock tick.
+                        "cpu_s_per_gb": round(gw.cpu_per_gb() / peer.cpu_per_gb(), 3)
+                        if peer.cpu_per_gb()
+                        else None,
                     }
                 )
     return out
@@ -231,7 +234,7 @@ def _rows(r: Result, ratio: dict[str, object] | None) -> list[str]:
                        f"{r.peak_pss_total_bytes / MB:.0f}", "", ""),
         ]  # fmt: skip
     vs_speed = f"{ratio['inst_per_s']:.2f}x" if ratio else "-"
-    vs_cpu = f"{ratio['cpu_s_per_gb']:.2f}x" if ratio else "-"
+    vs_cpu = f"{ratio['cpu_s_per_gb']:.2f}x" if ratio and ratio["cpu_s_per_gb"] else "-"
     cpu, pss = f"{r.cpu_per_gb():.2f}", f"{r.peak_pss_total_bytes / MB:.0f}"
     return [ROW.format(name, speed, mbs, cpu, pss, vs_speed, vs_cpu)]
 

@@ -310,3 +310,13 @@ async def test_undeclared_destinations_are_disabled_and_routes_deleted(
     assert enabled == {"pacs1": True, "cloud": False}
     assert rules == ["everything-to-pacs1"]
     assert len(await env.jobs("cloud")) == 1  # kept for the operator
+
+
+async def test_next_due_is_none_when_nothing_is_pending(env: Env) -> None:
+    dest = env.dest["pacs1"]
+    async with env.pool.acquire() as conn:
+        assert await jobs.next_due(conn, dest) is None
+        await env.index(record(1, modality="MR"))
+        assert await jobs.next_due(conn, dest) == 0
+        await conn.execute("UPDATE forward_jobs SET due_at = now() + interval '60 seconds'")
+        assert 59 < (await jobs.next_due(conn, dest) or 0) <= 60

@@ -11,6 +11,7 @@ loses nothing; forwarders sharing a database never send one job twice at once.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import socket
 import subprocess
@@ -138,6 +139,29 @@ def test_varied_corpus_arrives_as_it_was_received(
         wire = pynetdicom_reference.wire[uid]
         assert peer.received[uid].sha256 == wire.sha256, item.name
         assert peer.received[uid].transfer_syntax == wire.transfer_syntax, item.name
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_forwarder_waits_without_polling(
+    gateway_factory: Callable[..., Gateway], dcmtk: Path, peer: Peer, tmp_path: Path
+) -> None:
+    """With work done and nothing due, the forwarder sleeps until a NOTIFY."""
+    gateway = gateway_factory("destinations:\n" + dimse("pacs", peer.port) + everything_to("pacs"))
+    gateway.start()
+    send(dcmtk, gateway, small_images(tmp_path, 3))
+    assert wait_for_jobs(gateway, {"done": 3}) == {"done": 3}
+    assert gateway.proc is not None
+    time.sleep(1)
+    before = process_cpu_s(gateway.proc.pid)
+    time.sleep(3)
+    # A polling loop costs a good part of a core; an idle one, nothing measurable.
+    assert process_cpu_s(gateway.proc.pid) - before < 0.15
+    send(dcmtk, gateway, small_images(tmp_path / "more", 2))
+    assert wait_for_jobs(gateway, {"done": 5}, timeout=10) == {"done": 5}
 
 
 def test_rules_test_shows_the_routes(

@@ -182,9 +182,13 @@ async def reclaim_expired(conn: asyncpg.Connection) -> int:
 
 
 async def next_due(conn: asyncpg.Connection, destination_id: int) -> float | None:
-    """Seconds until the destination's next pending job is due (0 if one is)."""
+    """Seconds until the destination's next pending job is due (0 if one is);
+    None when it has none."""
+    # NOTE: greatest() ignores NULLs: without the CASE, "no pending job" would
+    # read as "one due now" and an idle worker would spin.
     value: float | None = await conn.fetchval(
-        "SELECT greatest(0, extract(epoch FROM min(due_at) - now()))::float8 "
+        "SELECT CASE WHEN min(due_at) IS NOT NULL "
+        "THEN greatest(0, extract(epoch FROM min(due_at) - now()))::float8 END "
         "FROM forward_jobs WHERE destination_id = $1 AND state = 'pending'",
         destination_id,
     )
