@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 from argon2 import PasswordHasher
 
+from dicomgw import audit
 from dicomgw.errors import DicomGwError
 
 ROLES = ("admin", "operator", "viewer", "auditor")
@@ -38,7 +39,9 @@ def validate_new_user(username: str, role: str) -> None:
         )
 
 
-async def add_user(conn: asyncpg.Connection, username: str, role: str, password: str) -> int:
+async def add_user(
+    conn: asyncpg.Connection, username: str, role: str, password: str, *, actor: str = "cli"
+) -> int:
     validate_new_user(username, role)
     password_hash = hash_password(password)
     try:
@@ -50,11 +53,7 @@ async def add_user(conn: asyncpg.Connection, username: str, role: str, password:
         )
     except asyncpg.UniqueViolationError:
         raise AccountError(f"user '{username}' already exists") from None
-    await conn.execute(
-        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4::jsonb)",
-        "cli",
-        "user.create",
-        username,
-        f'{{"role": "{role}"}}',
+    await audit.record(
+        conn, actor=actor, action="user.create", target=username, detail={"role": role}
     )
     return user_id

@@ -196,6 +196,33 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from dicomgw import audit
+    from dicomgw.db.pool import create_pool
+    from dicomgw.db.server import database
+
+    config = _config(args)
+    _setup_logging(config)
+
+    async def check(dsn: str) -> audit.Verification:
+        pool = await create_pool(dsn, config.database)
+        try:
+            async with pool.acquire() as conn:
+                return await audit.verify(conn)
+        finally:
+            await pool.close()
+
+    with database(config, adopt=False) as dsn:
+        result = asyncio.run(check(dsn))
+    if result.ok:
+        _out(f"audit log intact: {result.rows} rows, hash chain verified")
+        return 0
+    sys.stderr.write(
+        f"dicom-gw: audit log TAMPERED at row id {result.first_bad_id}: {result.problem}\n"
+    )
+    return EXIT_RUNTIME
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -279,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--role", required=True, help="admin, operator, viewer or auditor")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    audit = sub.add_parser("audit", help="audit log", description="Audit log commands.")
+    audit_sub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    add(audit_sub, "verify", cmd_audit_verify, "check the audit log's hash chain; exit 1 if broken")
 
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(handler=cmd_version)

@@ -26,6 +26,8 @@ COMMANDS = [
     ["config", "show"],
     ["user"],
     ["user", "add"],
+    ["audit"],
+    ["audit", "verify"],
     ["version"],
 ]
 
