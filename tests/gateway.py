@@ -13,6 +13,9 @@ from pathlib import Path
 
 from tests.cli import CLI, cli_env
 
+ADMIN_PASSWORD = "test-admin-password"
+"""The first admin's password in test gateways (DICOMGW_ADMIN_PASSWORD)."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -61,6 +64,7 @@ class Gateway:
             # the watermark tests mean to be refused.
             "DICOMGW_STORAGE__HIGH_WATERMARK_PERCENT": "100",
             "DICOMGW_STORAGE__LOW_WATERMARK_PERCENT": "99.9",
+            "DICOMGW_ADMIN_PASSWORD": ADMIN_PASSWORD,
         }
         env = cli_env(self.state_dir, **{**defaults, **self.extra_env})
         if self.config_yaml is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import asyncpg
 from argon2 import PasswordHasher
 
@@ -57,3 +59,19 @@ async def add_user(
         conn, actor=actor, action="user.create", target=username, detail={"role": role}
     )
     return user_id
+
+
+FIRST_ADMIN = "admin"
+
+
+async def ensure_first_admin(conn: asyncpg.Connection, password: str | None) -> str | None:
+    """On a database with no users, create ``admin`` with ``password`` (or a random
+    one); the password when one was created, else None."""
+    async with conn.transaction():
+        # NOTE: serializes two gateways starting on one new database.
+        await conn.execute("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
+            return None
+        chosen = password or secrets.token_urlsafe(15)
+        await add_user(conn, FIRST_ADMIN, "admin", chosen, actor="dicom-gw")
+    return chosen

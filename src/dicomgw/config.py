@@ -236,6 +236,13 @@ class ApiConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8080
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    behind_https: bool = False
+    """Clients reach the API over HTTPS (nginx in front): cookies get Secure, and
+    responses carry HSTS."""
+    session_idle_timeout_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 1800
+    """A session unused this long ends."""
+    session_max_age_s: Annotated[int, msgspec.Meta(ge=300, le=30 * 86_400)] = 43_200
+    """A session ends this long after login, used or not."""
 
 
 class LoggingConfig(_Section, frozen=True):

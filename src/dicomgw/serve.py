@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 import uvloop
 
+from dicomgw.accounts import ensure_first_admin
 from dicomgw.config import Config
 from dicomgw.db import migrate
 from dicomgw.db.pool import create_pool
@@ -96,6 +97,7 @@ def ensure_schema(dsn: str, *, upgrade: bool) -> None:
 
 async def _serve(config: Config, config_file: str | None) -> None:
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
+    await _first_admin(pool)
     receiver = Receiver(config, pool)
     forwarder = await start_forwarder(config, pool)
     try:
@@ -134,6 +136,23 @@ async def _serve(config: Config, config_file: str | None) -> None:
         api_exit.cancel()
         await pool.close()
         log.info("stopped")
+
+
+async def _first_admin(pool: asyncpg.Pool) -> None:
+    """A new installation gets 'admin'; its password is shown once, here."""
+    async with pool.acquire() as conn:
+        password = await ensure_first_admin(conn, os.environ.get("DICOMGW_ADMIN_PASSWORD"))
+    if password is None:
+        return
+    if os.environ.get("DICOMGW_ADMIN_PASSWORD"):
+        log.info("created user 'admin' with the password from DICOMGW_ADMIN_PASSWORD")
+        return
+    # NOTE: on the console only, never in the (JSON) log: logs are kept and shipped.
+    sys.stderr.write(
+        f"\ndicom-gw: created the first user 'admin' with password: {password}\n"
+        "dicom-gw: it is shown only this once; log in and change it.\n\n"
+    )
+    sys.stderr.flush()
 
 
 async def start_forwarder(config: Config, pool: asyncpg.Pool) -> Forwarder:

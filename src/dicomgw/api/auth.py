@@ -1,0 +1,221 @@
+"""Who is asking, and may they: sessions, API tokens, login throttling, RBAC.
+
+A browser logs in and gets a session cookie (HttpOnly, SameSite=Strict) plus a
+CSRF token that state-changing requests must echo in ``X-CSRF-Token``; a
+script uses an API token (``Authorization: Bearer``). Only SHA-256 hashes of
+session and API tokens are stored. Roles are deny-by-default: a responder
+serves only the roles its :func:`allow` names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import falcon
+import falcon.asgi
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from dicomgw.accounts import ROLES
+from dicomgw.api.problems import Problem, forbidden, unauthenticated
+from dicomgw.config import ApiConfig
+
+SESSION_COOKIE = "dicomgw_session"
+CSRF_HEADER = "X-CSRF-Token"
+TOKEN_PREFIX = "dgw_"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+_hasher = PasswordHasher()
+# NOTE: verified against for unknown users, so that "no such user" takes as long
+# as "wrong password" and the two cannot be told apart by timing.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    role: str
+    via: str
+    """'session' or 'token'."""
+    session_id: int | None = None
+    csrf_token: str | None = None
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# -- login throttling ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    window_s: int = 900
+    per_user: int = 5
+    per_ip: int = 20
+
+
+async def throttled(
+    conn: asyncpg.Connection, throttle: Throttle, username: str, ip: str | None
+) -> int | None:
+    """Seconds to wait before the next attempt, or None if one is allowed now."""
+    keys = [f"user:{username.lower()}", *([f"ip:{ip}"] if ip else [])]
+    rows = await conn.fetch(
+        "SELECT key, count(*) AS n, min(at) AS oldest FROM login_failures "
+        "WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2) GROUP BY key",
+        keys,
+        throttle.window_s,
+    )
+    now = dt.datetime.now(dt.UTC)
+    wait = None
+    for row in rows:
+        limit = throttle.per_user if row["key"].startswith("user:") else throttle.per_ip
+        if row["n"] >= limit:
+            until = row["oldest"] + dt.timedelta(seconds=throttle.window_s)
+            wait = max(wait or 0, int((until - now).total_seconds()) + 1)
+    return wait
+
+
+async def record_failure(conn: asyncpg.Connection, username: str, ip: str | None) -> None:
+    keys = [f"user:{username.lower()}", *([f"ip:{ip}"] if ip else [])]
+    await conn.executemany("INSERT INTO login_failures (key) VALUES ($1)", [(k,) for k in keys])
+
+
+async def clear_failures(conn: asyncpg.Connection, username: str) -> None:
+    await conn.execute("DELETE FROM login_failures WHERE key = $1", f"user:{username.lower()}")
+
+
+# -- sessions -----------------------------------------------------------------------
+
+
+async def create_session(
+    conn: asyncpg.Connection,
+    user_id: int,
+    config: ApiConfig,
+    ip: str | None,
+    user_agent: str | None,
+) -> tuple[str, str]:
+    """(cookie token, CSRF token) of a new session."""
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    await conn.execute(
+        "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at, source_ip, user_agent) "
+        "VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5::inet, $6)",
+        token_hash(token),
+        user_id,
+        csrf,
+        config.session_max_age_s,
+        ip,
+        (user_agent or "")[:256] or None,
+    )
+    return token, csrf
+
+
+SESSION_USER = """
+UPDATE sessions s SET last_seen_at = now()
+FROM users u
+WHERE s.token_hash = $1 AND u.id = s.user_id AND NOT u.disabled
+  AND s.expires_at > now() AND s.last_seen_at > now() - make_interval(secs => $2)
+RETURNING s.id, s.csrf_token, u.id AS user_id, u.username, u.role
+"""
+
+TOKEN_USER = """
+UPDATE api_tokens t SET last_used_at = now()
+FROM users u
+WHERE t.token_hash = $1 AND u.id = t.user_id AND NOT u.disabled
+  AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
+RETURNING u.id AS user_id, u.username, u.role
+"""
+
+
+async def authenticate(
+    conn: asyncpg.Connection, req: falcon.asgi.Request, config: ApiConfig
+) -> User | None:
+    header = req.get_header("Authorization") or ""
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials.startswith(TOKEN_PREFIX):
+        row = await conn.fetchrow(TOKEN_USER, token_hash(credentials.strip()))
+        return User(row["user_id"], row["username"], row["role"], "token") if row else None
+    cookie = req.get_cookie_values(SESSION_COOKIE)
+    if not cookie:
+        return None
+    row = await conn.fetchrow(SESSION_USER, token_hash(cookie[0]), config.session_idle_timeout_s)
+    if row is None:
+        return None
+    return User(
+        row["user_id"], row["username"], row["role"], "session", row["id"], row["csrf_token"]
+    )
+
+
+# -- RBAC ---------------------------------------------------------------------------
+
+__all__ = ["ROLES"]
+
+R = TypeVar("R", bound=Callable[..., Awaitable[None]])
+ROLES_ATTRIBUTE = "allowed_roles"
+PUBLIC = "public"
+
+
+def allow(*roles: str) -> Callable[[R], R]:
+    """Mark a responder with the roles it serves (admin always may); ``allow(PUBLIC)``
+    for the few that serve anyone. A responder without it serves nobody."""
+    allowed = frozenset(roles) | ({"admin"} if PUBLIC not in roles else set())
+
+    def mark(responder: R) -> R:
+        @functools.wraps(responder)
+        async def checked(
+            resource: Any, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: Any
+        ) -> None:
+            if PUBLIC not in allowed:
+                user: User | None = req.context.user
+                if user is None:
+                    raise unauthenticated()
+                if user.role not in allowed:
+                    raise forbidden(f"the {user.role} role cannot do this")
+            await responder(resource, req, resp, **params)
+
+        setattr(checked, ROLES_ATTRIBUTE, allowed)
+        return checked  # type: ignore[return-value]
+
+    return mark
+
+
+class AuthMiddleware:
+    """Sets ``req.context.user``; refuses cross-site state changes (CSRF)."""
+
+    def __init__(self, config: ApiConfig, pool: Callable[[], asyncpg.Pool]) -> None:
+        self._config = config
+        self._pool = pool
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        req.context.user = None
+        if not req.path.startswith("/api/") or req.path.startswith("/api/v1/health/"):
+            return
+        async with self._pool().acquire() as conn:
+            user = await authenticate(conn, req, self._config)
+        req.context.user = user
+        if user is not None and user.via == "session" and req.method in UNSAFE_METHODS:
+            sent = req.get_header(CSRF_HEADER) or ""
+            if not hmac.compare_digest(sent, user.csrf_token or ""):
+                raise Problem(
+                    403,
+                    "csrf",
+                    "CSRF check failed",
+                    f"state-changing requests with a session cookie need the {CSRF_HEADER} "
+                    "header returned at login",
+                )

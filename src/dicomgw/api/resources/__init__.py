@@ -1,0 +1,1 @@
+"""One module per API noun; each resource takes its collaborators in its constructor."""

@@ -1,0 +1,203 @@
+"""Log in, log out, who am I, my sessions, my password."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from dicomgw import audit
+from dicomgw.accounts import AccountError, hash_password
+from dicomgw.api.auth import (
+    PUBLIC,
+    ROLES,
+    SESSION_COOKIE,
+    Throttle,
+    User,
+    allow,
+    check_password,
+    clear_failures,
+    create_session,
+    record_failure,
+    throttled,
+)
+from dicomgw.api.middleware import PoolMiddleware
+from dicomgw.api.problems import Problem, invalid, not_found
+from dicomgw.api.validation import body_of
+from dicomgw.config import ApiConfig
+
+LOGIN_FIELDS = {"username": str, "password": str}
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {"id": user.id, "username": user.username, "role": user.role}
+
+
+class LoginResource:
+    def __init__(self, config: ApiConfig, pools: PoolMiddleware, throttle: Throttle) -> None:
+        self._config = config
+        self._pools = pools
+        self._throttle = throttle
+
+    @allow(PUBLIC)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        body = await body_of(req, LOGIN_FIELDS)
+        username, password = body["username"], body["password"]
+        ip = req.remote_addr
+        failed = Problem(401, "invalid-credentials", "Login failed", "wrong user name or password")
+        async with self._pools.pool.acquire() as conn:
+            wait = await throttled(conn, self._throttle, username, ip)
+            if wait is not None:
+                await audit.record(
+                    conn, actor=username, action="auth.login", outcome="failure",
+                    detail={"reason": "throttled"}, source_ip=ip,
+                    request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
+                )  # fmt: skip
+                raise Problem(
+                    429,
+                    "too-many-requests",
+                    "Too many failed logins",
+                    f"try again in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                    retry_after_s=wait,
+                )
+            row = await conn.fetchrow(
+                "SELECT id, username, password_hash, role, disabled FROM users "
+                "WHERE lower(username) = lower($1)",
+                username,
+            )
+            usable = row is not None and not row["disabled"]
+            if not check_password(row["password_hash"] if row and usable else None, password):
+                await record_failure(conn, username, ip)
+                await audit.record(
+                    conn, actor=username, action="auth.login", outcome="failure",
+                    source_ip=ip, request_id=req.context.request_id,
+                    event_id=audit.USER_AUTHENTICATION,
+                )  # fmt: skip
+                raise failed
+            assert row is not None
+            await clear_failures(conn, username)
+            token, csrf = await create_session(
+                conn, row["id"], self._config, ip, req.get_header("User-Agent")
+            )
+            await audit.record(
+                conn, actor=row["username"], action="auth.login", source_ip=ip,
+                request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
+            )  # fmt: skip
+        resp.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=self._config.session_max_age_s,
+            secure=self._config.behind_https,
+            http_only=True,
+            same_site="Strict",
+            path="/",
+        )
+        resp.media = {
+            "user": {"id": row["id"], "username": row["username"], "role": row["role"]},
+            "csrf_token": csrf,
+        }
+
+
+class LogoutResource:
+    def __init__(self, pools: PoolMiddleware) -> None:
+        self._pools = pools
+
+    @allow(*ROLES)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        user: User = req.context.user
+        async with self._pools.pool.acquire() as conn:
+            if user.session_id is not None:
+                await conn.execute("DELETE FROM sessions WHERE id = $1", user.session_id)
+            await audit.record(
+                conn, actor=user.username, action="auth.logout", source_ip=req.remote_addr,
+                request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
+            )  # fmt: skip
+        resp.unset_cookie(SESSION_COOKIE, path="/")
+        resp.status = falcon.HTTP_204
+
+
+class MeResource:
+    @allow(*ROLES)
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = user_json(req.context.user)
+
+
+class MySessionsResource:
+    def __init__(self, pools: PoolMiddleware) -> None:
+        self._pools = pools
+
+    @allow(*ROLES)
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        user: User = req.context.user
+        async with self._pools.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, created_at, last_seen_at, expires_at, host(source_ip) AS source_ip, "
+                "user_agent FROM sessions WHERE user_id = $1 AND expires_at > now() "
+                "ORDER BY last_seen_at DESC",
+                user.id,
+            )
+        resp.media = {
+            "items": [
+                {**dict(r), "current": r["id"] == user.session_id}
+                | {k: r[k].isoformat() for k in ("created_at", "last_seen_at", "expires_at")}
+                for r in rows
+            ]
+        }
+
+    @allow(*ROLES)
+    async def on_delete_one(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, session_id: int
+    ) -> None:
+        user: User = req.context.user
+        async with self._pools.pool.acquire() as conn:
+            done = await conn.execute(
+                "DELETE FROM sessions WHERE id = $1 AND user_id = $2", session_id, user.id
+            )
+            if done.endswith(" 0"):
+                raise not_found(f"session {session_id}")
+            await audit.record(
+                conn, actor=user.username, action="session.revoke", target=str(session_id),
+                source_ip=req.remote_addr, request_id=req.context.request_id,
+            )  # fmt: skip
+        resp.status = falcon.HTTP_204
+
+
+class MePasswordResource:
+    def __init__(self, pools: PoolMiddleware) -> None:
+        self._pools = pools
+
+    @allow(*ROLES)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        user: User = req.context.user
+        body = await body_of(req, {"current_password": str, "new_password": str})
+        async with self._pools.pool.acquire() as conn:
+            current = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id)
+            if not check_password(current, body["current_password"]):
+                raise Problem(
+                    403, "invalid-credentials", "Wrong password", "the current password is wrong"
+                )
+            try:
+                new_hash = hash_password(body["new_password"])
+            except AccountError as exc:
+                raise invalid(str(exc), field="new_password") from None
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE users SET password_hash = $2, password_changed_at = now(), "
+                    "updated_at = now() WHERE id = $1",
+                    user.id,
+                    new_hash,
+                )
+                # Other sessions (maybe someone else's) end with the old password.
+                await conn.execute(
+                    "DELETE FROM sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2",
+                    user.id,
+                    user.session_id,
+                )
+                await audit.record(
+                    conn, actor=user.username, action="user.password_change",
+                    target=user.username, source_ip=req.remote_addr,
+                    request_id=req.context.request_id,
+                )  # fmt: skip
+        resp.status = falcon.HTTP_204

@@ -1,0 +1,43 @@
+"""Request bodies: JSON objects with the fields a responder expects, or a 422
+naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from dicomgw.api.problems import Problem, invalid
+
+
+async def body_of(
+    req: falcon.asgi.Request,
+    required: Mapping[str, type],
+    optional: Mapping[str, type] | None = None,
+) -> dict[str, Any]:
+    """The JSON object body with ``required`` fields (and maybe ``optional`` ones) of
+    the given types; unknown fields are refused, so a typo is not silently ignored."""
+    if req.content_type is None or not req.content_type.startswith(falcon.MEDIA_JSON):
+        raise Problem(415, "unsupported-media-type", "JSON expected",
+                      "send the body as application/json")  # fmt: skip
+    try:
+        body = await req.get_media()
+    except falcon.MediaMalformedError:
+        raise invalid("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
+    allowed = {**required, **(optional or {})}
+    for name in body:
+        if name not in allowed:
+            raise invalid(f"unknown field '{name}'; allowed: {', '.join(allowed)}", field=name)
+    for name, kind in allowed.items():
+        if name not in body:
+            if name in required:
+                raise invalid(f"'{name}' is required", field=name)
+            continue
+        value = body[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise invalid(f"'{name}' must be a {kind.__name__}", field=name)
+    return body

@@ -1,0 +1,50 @@
+"""docs/openapi.yaml describes exactly the routes, methods and roles the app serves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from dicomgw.api.app import PREFIX, create_app
+from dicomgw.api.auth import PUBLIC, ROLES_ATTRIBUTE
+from dicomgw.config import load_config
+
+SPEC = Path(__file__).parents[2] / "docs" / "openapi.yaml"
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def served() -> dict[tuple[str, str], frozenset[str]]:
+    """(path template as OpenAPI writes it, method) -> roles, from the app's router."""
+    app = create_app(load_config(None, {}))
+    out: dict[tuple[str, str], frozenset[str]] = {}
+    stack = list(app._router._roots)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.resource is None:
+            continue
+        template = re.sub(r"\{(\w+):\w+\}", r"{\1}", node.uri_template)[len(PREFIX) :]
+        for method, responder in node.method_map.items():
+            roles = getattr(responder, ROLES_ATTRIBUTE, None)
+            # Falcon's own responders (OPTIONS, 405) have none; our forgotten ones are
+            # caught by test_every_responder_declares_its_roles.
+            if roles is not None:
+                out[(template, method.lower())] = roles
+    return out
+
+
+def test_spec_matches_the_routes_and_roles() -> None:
+    spec = yaml.safe_load(SPEC.read_text())
+    assert spec["openapi"].startswith("3.1")
+    documented = {
+        (path, method): frozenset(op["x-roles"])
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if method in METHODS
+    }
+    actual = {
+        key: (frozenset({PUBLIC}) if PUBLIC in roles else roles) for key, roles in served().items()
+    }
+    assert documented == actual
