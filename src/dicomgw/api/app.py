@@ -9,6 +9,7 @@ serves (api/auth.py ``allow``), and one that does not serves nobody.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import falcon
 import falcon.asgi
@@ -16,6 +17,7 @@ import orjson
 
 from dicomgw.api import problems
 from dicomgw.api.auth import AuthMiddleware, Throttle
+from dicomgw.api.context import PREFIX, ApiContext, App, RouteAdder
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
 from dicomgw.api.resources.auth import (
     LoginResource,
@@ -28,11 +30,32 @@ from dicomgw.api.resources.health import LiveResource, ReadyResource
 from dicomgw.api.resources.users import UsersResource
 from dicomgw.config import Config
 
-App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
-PREFIX = "/api/v1"
+
+def _core_routes(app: App, api: ApiContext) -> None:
+    app.add_route(f"{PREFIX}/health/live", LiveResource())
+    app.add_route(f"{PREFIX}/health/ready", ReadyResource(api.config, api.pools))
+    app.add_route(f"{PREFIX}/auth/login", LoginResource(api.config.api, api.pools, api.throttle))
+    app.add_route(f"{PREFIX}/auth/logout", LogoutResource(api.pools))
+    app.add_route(f"{PREFIX}/me", MeResource())
+    app.add_route(f"{PREFIX}/me/password", MePasswordResource(api.pools))
+    sessions = MySessionsResource(api.pools)
+    app.add_route(f"{PREFIX}/me/sessions", sessions)
+    app.add_route(f"{PREFIX}/me/sessions/{{session_id:int}}", sessions, suffix="one")
+    users = UsersResource(api.pools)
+    app.add_route(f"{PREFIX}/users", users)
+    app.add_route(f"{PREFIX}/users/{{user_id:int}}", users, suffix="one")
 
 
-def create_app(config: Config, *, throttle: Throttle | None = None) -> App:
+ROUTES: tuple[RouteAdder, ...] = (_core_routes,)
+"""Every group of routes the API serves; each resource module contributes one."""
+
+
+def create_app(
+    config: Config,
+    *,
+    throttle: Throttle | None = None,
+    routes: Sequence[RouteAdder] = ROUTES,
+) -> App:
     pools = PoolMiddleware(config)
     app: App = falcon.asgi.App(
         middleware=[
@@ -47,19 +70,9 @@ def create_app(config: Config, *, throttle: Throttle | None = None) -> App:
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.set_error_serializer(problems.serialize)
-
-    app.add_route(f"{PREFIX}/health/live", LiveResource())
-    app.add_route(f"{PREFIX}/health/ready", ReadyResource(config, pools))
-    app.add_route(f"{PREFIX}/auth/login", LoginResource(config.api, pools, throttle or Throttle()))
-    app.add_route(f"{PREFIX}/auth/logout", LogoutResource(pools))
-    app.add_route(f"{PREFIX}/me", MeResource())
-    app.add_route(f"{PREFIX}/me/password", MePasswordResource(pools))
-    sessions = MySessionsResource(pools)
-    app.add_route(f"{PREFIX}/me/sessions", sessions)
-    app.add_route(f"{PREFIX}/me/sessions/{{session_id:int}}", sessions, suffix="one")
-    users = UsersResource(pools)
-    app.add_route(f"{PREFIX}/users", users)
-    app.add_route(f"{PREFIX}/users/{{user_id:int}}", users, suffix="one")
+    api = ApiContext(config, pools, throttle or Throttle())
+    for add in routes:
+        add(app, api)
     return app
 
 

@@ -1,0 +1,28 @@
+"""What every resource module gets to add its routes: the config, the database
+pool, the login throttle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import falcon.asgi
+
+from dicomgw.api.auth import Throttle
+from dicomgw.api.middleware import PoolMiddleware
+from dicomgw.config import Config
+
+PREFIX = "/api/v1"
+
+App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    config: Config
+    pools: PoolMiddleware
+    throttle: Throttle
+
+
+RouteAdder = Callable[[App, ApiContext], None]
+"""A resource module's ``add_routes(app, api)``."""
