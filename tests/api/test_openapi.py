@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import yaml
+from openapi_spec_validator import validate
 
 from dicomgw.api.app import PREFIX, create_app
 from dicomgw.api.auth import PUBLIC, ROLES_ATTRIBUTE
@@ -33,6 +34,10 @@ def served() -> dict[tuple[str, str], frozenset[str]]:
             if roles is not None:
                 out[(template, method.lower())] = roles
     return out
+
+
+def test_spec_is_valid_openapi_3_1() -> None:
+    validate(yaml.safe_load(SPEC.read_text()))
 
 
 def test_spec_matches_the_routes_and_roles() -> None:

@@ -19,6 +19,7 @@ from dicomgw.api import problems
 from dicomgw.api.auth import AuthMiddleware, Throttle
 from dicomgw.api.context import PREFIX, ApiContext, App, RouteAdder
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
+from dicomgw.api.resources import mfa
 from dicomgw.api.resources.auth import (
     LoginResource,
     LogoutResource,
@@ -34,7 +35,7 @@ from dicomgw.config import Config
 def _core_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{PREFIX}/health/live", LiveResource())
     app.add_route(f"{PREFIX}/health/ready", ReadyResource(api.config, api.pools))
-    app.add_route(f"{PREFIX}/auth/login", LoginResource(api.config.api, api.pools, api.throttle))
+    app.add_route(f"{PREFIX}/auth/login", LoginResource(api))
     app.add_route(f"{PREFIX}/auth/logout", LogoutResource(api.pools))
     app.add_route(f"{PREFIX}/me", MeResource())
     app.add_route(f"{PREFIX}/me/password", MePasswordResource(api.pools))
@@ -46,7 +47,7 @@ def _core_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{PREFIX}/users/{{user_id:int}}", users, suffix="one")
 
 
-ROUTES: tuple[RouteAdder, ...] = (_core_routes,)
+ROUTES: tuple[RouteAdder, ...] = (_core_routes, mfa.add_routes)
 """Every group of routes the API serves; each resource module contributes one."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import falcon
 import falcon.asgi
 
@@ -13,7 +14,6 @@ from dicomgw.api.auth import (
     PUBLIC,
     ROLES,
     SESSION_COOKIE,
-    Throttle,
     User,
     allow,
     check_password,
@@ -22,10 +22,11 @@ from dicomgw.api.auth import (
     record_failure,
     throttled,
 )
+from dicomgw.api.context import ApiContext
+from dicomgw.api.mfa import second_factor_ok
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.validation import body_of
-from dicomgw.config import ApiConfig
 
 LOGIN_FIELDS = {"username": str, "password": str}
 
@@ -35,14 +36,17 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 class LoginResource:
-    def __init__(self, config: ApiConfig, pools: PoolMiddleware, throttle: Throttle) -> None:
-        self._config = config
-        self._pools = pools
-        self._throttle = throttle
+    """Password, then (when the user enabled it) a TOTP or recovery code in ``totp``."""
+
+    def __init__(self, api: ApiContext) -> None:
+        self._api = api
+        self._config = api.config.api
+        self._pools = api.pools
+        self._throttle = api.throttle
 
     @allow(PUBLIC)
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        body = await body_of(req, LOGIN_FIELDS)
+        body = await body_of(req, LOGIN_FIELDS, {"totp": str})
         username, password = body["username"], body["password"]
         ip = req.remote_addr
         failed = Problem(401, "invalid-credentials", "Login failed", "wrong user name or password")
@@ -63,7 +67,7 @@ class LoginResource:
                     retry_after_s=wait,
                 )
             row = await conn.fetchrow(
-                "SELECT id, username, password_hash, role, disabled FROM users "
+                "SELECT id, username, password_hash, role, disabled, totp_confirmed FROM users "
                 "WHERE lower(username) = lower($1)",
                 username,
             )
@@ -77,6 +81,8 @@ class LoginResource:
                 )  # fmt: skip
                 raise failed
             assert row is not None
+            if row["totp_confirmed"]:
+                await self._second_factor(conn, req, row, body.get("totp"))
             await clear_failures(conn, username)
             token, csrf = await create_session(
                 conn, row["id"], self._config, ip, req.get_header("User-Agent")
@@ -98,6 +104,33 @@ class LoginResource:
             "user": {"id": row["id"], "username": row["username"], "role": row["role"]},
             "csrf_token": csrf,
         }
+
+    async def _second_factor(
+        self,
+        conn: asyncpg.Connection,
+        req: falcon.asgi.Request,
+        row: asyncpg.Record,
+        code: str | None,
+    ) -> None:
+        if code is None:
+            # The password was right; the client now asks for the code.
+            raise Problem(
+                401, "totp-required", "Second factor required",
+                "send the code from the authenticator app (or a recovery code) as 'totp'",
+            )  # fmt: skip
+        async with conn.transaction():
+            ok = await second_factor_ok(conn, self._api.box, row["id"], code)
+        if not ok:
+            await record_failure(conn, row["username"], req.remote_addr)
+            await audit.record(
+                conn, actor=row["username"], action="auth.login", outcome="failure",
+                detail={"reason": "second factor"}, source_ip=req.remote_addr,
+                request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
+            )  # fmt: skip
+            raise Problem(
+                401, "invalid-credentials", "Login failed",
+                "wrong or already used code",
+            )  # fmt: skip
 
 
 class LogoutResource:
