@@ -1,0 +1,166 @@
+"""The audit log for auditors: search with keyset paging, and a streamed CSV export."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import falcon
+import falcon.asgi
+import orjson
+
+from dicomgw import audit
+from dicomgw.api.auth import User, allow
+from dicomgw.api.context import PREFIX, ApiContext, App
+from dicomgw.api.problems import invalid
+
+COLUMNS = (
+    "id", "at", "actor", "action", "target", "outcome", "event_id", "source_ip", "request_id",
+    "detail",
+)  # fmt: skip
+MAX_LIMIT = 500
+CSV_BATCH = 1000
+
+
+def _timestamp(name: str, value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"'{name}' is not an ISO 8601 date or time", field=name) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _filters(req: falcon.asgi.Request) -> tuple[str, list[Any]]:
+    """WHERE clause and its arguments from the query parameters."""
+    where: list[str] = ["true"]
+    args: list[Any] = []
+    for name, column in (("actor", "actor"), ("action", "action"), ("target", "target")):
+        value = req.get_param(name)
+        if value:
+            args.append(value.replace("*", "%") if value.endswith("*") else value)
+            where.append(f"{column} {'LIKE' if value.endswith('*') else '='} ${len(args)}")
+    outcome = req.get_param("outcome")
+    if outcome:
+        if outcome not in ("success", "failure"):
+            raise invalid("'outcome' is success or failure", field="outcome")
+        args.append(outcome)
+        where.append(f"outcome = ${len(args)}")
+    for name, op in (("from", ">="), ("to", "<")):
+        value = req.get_param(name)
+        if value:
+            args.append(_timestamp(name, value))
+            where.append(f"at {op} ${len(args)}")
+    return " AND ".join(where), args
+
+
+def _cell(value: object) -> str:
+    """A CSV cell that a spreadsheet will not run as a formula (user names and
+    targets come from outside: a failed login can carry any text)."""
+    text = "" if value is None else str(value)
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _row(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "at": row["at"].isoformat(),
+        "actor": row["actor"],
+        "action": row["action"],
+        "target": row["target"],
+        "outcome": row["outcome"],
+        "event_id": row["event_id"],
+        "source_ip": row["source_ip"],
+        "request_id": row["request_id"],
+        "detail": orjson.loads(row["detail"]),
+    }
+
+
+SELECT = (
+    "SELECT id, at, actor, action, target, outcome, event_id, host(source_ip) AS source_ip, "
+    "request_id, detail FROM audit_log"
+)
+
+
+class AuditResource:
+    def __init__(self, api: ApiContext) -> None:
+        self._pools = api.pools
+
+    async def _note(self, req: falcon.asgi.Request, what: str) -> None:
+        user: User = req.context.user
+        async with self._pools.pool.acquire() as conn:
+            await audit.record(
+                conn, actor=user.username, action=what, detail=dict(req.params),
+                source_ip=req.remote_addr, request_id=req.context.request_id,
+                event_id=audit.QUERY,
+            )  # fmt: skip
+
+    @allow("auditor")
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        where, args = _filters(req)
+        limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_LIMIT) or 100
+        cursor = req.get_param("cursor")
+        if cursor:
+            try:
+                before = int(base64.urlsafe_b64decode(cursor.encode()).decode())
+            except (ValueError, UnicodeDecodeError):
+                raise invalid("'cursor' is not one this API returned", field="cursor") from None
+            args.append(before)
+            where += f" AND id < ${len(args)}"
+        args.append(limit + 1)
+        async with self._pools.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"{SELECT} WHERE {where} ORDER BY id DESC LIMIT ${len(args)}", *args
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        await self._note(req, "audit.search")
+        resp.media = {
+            "items": [_row(r) for r in rows],
+            "next_cursor": base64.urlsafe_b64encode(str(rows[-1]["id"]).encode()).decode()
+            if more
+            else None,
+        }
+
+    @allow("auditor")
+    async def on_get_csv(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        where, args = _filters(req)
+        await self._note(req, "audit.export")
+        resp.content_type = "text/csv; charset=utf-8"
+        resp.downloadable_as = f"audit-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.csv"
+        resp.stream = self._csv(where, args)
+
+    async def _csv(self, where: str, args: list[Any]) -> AsyncIterator[bytes]:
+        """Oldest first, read in batches by id, so memory stays flat for any size."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(COLUMNS)
+        last = 0
+        while True:
+            async with self._pools.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    f"{SELECT} WHERE {where} AND id > ${len(args) + 1} "
+                    f"ORDER BY id LIMIT {CSV_BATCH}",
+                    *args,
+                    last,
+                )
+            for row in rows:
+                item = _row(row)
+                item["detail"] = orjson.dumps(item["detail"]).decode()
+                writer.writerow([_cell(item[c]) for c in COLUMNS])
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(rows) < CSV_BATCH:
+                return
+            last = rows[-1]["id"]
+
+
+def add_routes(app: App, api: ApiContext) -> None:
+    resource = AuditResource(api)
+    app.add_route(f"{PREFIX}/audit", resource)
+    app.add_route(f"{PREFIX}/audit.csv", resource, suffix="csv")
