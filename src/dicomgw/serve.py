@@ -32,6 +32,7 @@ from dicomgw.forward.supervisor import Forwarder
 from dicomgw.index.batcher import init_connection
 from dicomgw.receiver.server import Receiver
 from dicomgw.statedir import StateDirLock
+from dicomgw.stats import rollup_forever
 from dicomgw.storage.layout import prepare_storage
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ async def _serve(config: Config, config_file: str | None) -> None:
         await forwarder.close()
         await pool.close()
         raise
+    rollups = asyncio.create_task(rollup_forever(pool), name="stats-rollup")
     api = await _start_api(config, config_file)
     log.info(
         "dicom-gw serving",
@@ -130,6 +132,7 @@ async def _serve(config: Config, config_file: str | None) -> None:
         log.info("stopping")
     finally:
         stopper.cancel()
+        rollups.cancel()
         await receiver.close()
         await forwarder.close()
         await _stop_api(api)

@@ -19,7 +19,7 @@ from dicomgw.api import problems
 from dicomgw.api.auth import AuthMiddleware, Throttle
 from dicomgw.api.context import PREFIX, ApiContext, App, RouteAdder
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
-from dicomgw.api.resources import audit_log, mfa
+from dicomgw.api.resources import audit_log, mfa, stats
 from dicomgw.api.resources.auth import (
     LoginResource,
     LogoutResource,
@@ -47,7 +47,12 @@ def _core_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{PREFIX}/users/{{user_id:int}}", users, suffix="one")
 
 
-ROUTES: tuple[RouteAdder, ...] = (_core_routes, mfa.add_routes, audit_log.add_routes)
+ROUTES: tuple[RouteAdder, ...] = (
+    _core_routes,
+    mfa.add_routes,
+    audit_log.add_routes,
+    stats.add_routes,
+)
 """Every group of routes the API serves; each resource module contributes one."""
 
 

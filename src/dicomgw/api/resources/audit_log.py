@@ -18,6 +18,7 @@ from dicomgw import audit
 from dicomgw.api.auth import User, allow
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.problems import invalid
+from dicomgw.api.spreadsheet import cell
 
 COLUMNS = (
     "id", "at", "actor", "action", "target", "outcome", "event_id", "source_ip", "request_id",
@@ -56,13 +57,6 @@ def _filters(req: falcon.asgi.Request) -> tuple[str, list[Any]]:
             args.append(_timestamp(name, value))
             where.append(f"at {op} ${len(args)}")
     return " AND ".join(where), args
-
-
-def _cell(value: object) -> str:
-    """A CSV cell that a spreadsheet will not run as a formula (user names and
-    targets come from outside: a failed login can carry any text)."""
-    text = "" if value is None else str(value)
-    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _row(row: asyncpg.Record) -> dict[str, Any]:
@@ -151,7 +145,7 @@ class AuditResource:
             for row in rows:
                 item = _row(row)
                 item["detail"] = orjson.dumps(item["detail"]).decode()
-                writer.writerow([_cell(item[c]) for c in COLUMNS])
+                writer.writerow([cell(item[c]) for c in COLUMNS])
             yield buffer.getvalue().encode()
             buffer.seek(0)
             buffer.truncate()
