@@ -48,6 +48,10 @@ def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
         "DICOMGW_DIMSE__HOST": "127.0.0.1",
         "DICOMGW_DIMSE__PORT": str(free_port()),
         "DICOMGW_API__PORT": str(free_port()),
+        # NOTE: readiness includes the disk watermark; the test machine's disk
+        # may be fuller than the 90% default.
+        "DICOMGW_STORAGE__HIGH_WATERMARK_PERCENT": "100",
+        "DICOMGW_STORAGE__LOW_WATERMARK_PERCENT": "99.9",
     }
     return cli_env(state_dir, **{**ports, **extra})
 
@@ -59,7 +63,11 @@ def test_serve_on_embedded_defaults(state_dir: Path) -> None:
         assert (status, body) == (200, {"status": "ok"})
         status, body = get_json(f"http://127.0.0.1:{env['DICOMGW_API__PORT']}/api/v1/health/ready")
         assert status == 200, body
-        assert body["checks"] == {"database": {"ok": True}, "storage": {"ok": True}}
+        checks = body["checks"]
+        assert set(checks) == {"database", "queue", "storage", "disk", "receiver"}
+        assert all(check["ok"] for check in checks.values())
+        assert checks["queue"]["oldest_due_s"] == 0
+        assert checks["receiver"]["port"] == int(env["DICOMGW_DIMSE__PORT"])
 
         ae = AE(ae_title="TESTSCU")
         ae.add_requested_context(VERIFICATION)
@@ -93,6 +101,21 @@ def test_serve_with_external_dsn_starts_no_database(state_dir: Path, empty_db: s
         status, _ = get_json(f"http://127.0.0.1:{env['DICOMGW_API__PORT']}/api/v1/health/ready")
         assert status == 200
     assert not (state_dir / "pg").exists()
+
+
+def test_not_ready_above_the_disk_watermark(state_dir: Path, empty_db: str) -> None:
+    env = serve_env(
+        state_dir,
+        DICOMGW_DATABASE__DSN=empty_db,
+        DICOMGW_STORAGE__HIGH_WATERMARK_PERCENT="0.002",
+        DICOMGW_STORAGE__LOW_WATERMARK_PERCENT="0.001",
+    )
+    with serving(env):
+        status, body = get_json(f"http://127.0.0.1:{env['DICOMGW_API__PORT']}/api/v1/health/ready")
+    assert status == 503
+    assert body["status"] == "unavailable"
+    assert body["checks"]["disk"]["ok"] is False
+    assert body["checks"]["database"]["ok"] is True
 
 
 def test_dimse_port_in_use_is_a_clear_error(state_dir: Path) -> None:

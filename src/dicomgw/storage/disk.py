@@ -17,6 +17,15 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 0.5
 
 
+def disk_usage(root: Path) -> tuple[float, int]:
+    """(percent used, bytes free) of the file system holding ``root``, like df:
+    used / (used + available to unprivileged users)."""
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    return (100.0 * used / max(1, used + free) if st.f_blocks else 100.0), free
+
+
 class DiskGuard:
     def __init__(self, root: Path, high_percent: float, low_percent: float) -> None:
         self._root = root
@@ -36,12 +45,7 @@ class DiskGuard:
         return not self.refusing
 
     def _measure(self) -> None:
-        st = os.statvfs(self._root)
-        total = st.f_blocks * st.f_frsize
-        self.free_bytes = st.f_bavail * st.f_frsize
-        # Like df: used / (used + available to unprivileged users).
-        used = (st.f_blocks - st.f_bfree) * st.f_frsize
-        self.used_percent = 100.0 * used / max(1, used + self.free_bytes) if total else 100.0
+        self.used_percent, self.free_bytes = disk_usage(self._root)
         if not self.refusing and self.used_percent >= self._high:
             self.refusing = True
             log.error(
