@@ -153,21 +153,41 @@ class DimseDestination(_Destination, frozen=True, kw_only=True, tag="dimse", tag
     """Proposed for conversion, in order, when the peer refuses an instance's stored
     transfer syntax. Empty: Explicit VR Little Endian, then Implicit VR Little Endian."""
     tls: bool = False
+    """DICOM TLS (PS3.15 Annex B, BCP 195): TLS 1.2 or later, the peer's certificate verified."""
     tls_ca_file: str | None = None
+    """PEM CA certificates the peer's certificate must chain to; unset: the system
+    trust store."""
     tls_cert_file: str | None = None
+    """PEM certificate (chain) dicom-gw presents, for peers that require one (mutual TLS)."""
     tls_key_file: str | None = None
+    """The unencrypted PEM private key of ``tls_cert_file``."""
+    tls_verify_hostname: bool = True
+    """The peer's certificate must name ``host``: a DNS name, or for an IP address an
+    IP address subject alternative name. false: only its chain is verified."""
     connect_timeout_s: Seconds = 10.0
+    """The TCP connection, and the TLS handshake with ``tls``."""
     network_timeout_s: Seconds = 60.0
     """Waiting for the peer (association reply, C-STORE-RSP, socket writable)."""
     idle_release_s: Seconds = 10.0
     """An association with no work for this long is released."""
 
     def __post_init__(self) -> None:
-        if self.tls:
-            raise ValueError(
-                "tls: DICOM TLS to destinations is not implemented yet; "
-                "use a TLS tunnel (stunnel) to the peer meanwhile"
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (
+                ("tls_cert_file", "tls_key_file")
+                if self.tls_key_file is None
+                else ("tls_key_file", "tls_cert_file")
             )
+            raise ValueError(
+                f"{given} is set but {missing} is not: a client certificate needs both"
+            )
+        if not self.tls:
+            files = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+            stray = [key for key in files if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} set but tls is false: set tls: true for DICOM TLS"
+                )
 
 
 class StowDestination(_Destination, frozen=True, kw_only=True, tag="stowrs", tag_field="type"):

@@ -418,8 +418,3 @@ def test_own_receiver_rejects_wrong_called_ae(tmp_path: Path, session_gateway: G
     (outcome,) = run(send_batches(target, items))
     assert outcome.kind == "transient"
     assert "called-AE-title-not-recognized" in outcome.message
-
-
-def test_tls_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="DICOM TLS to destinations is not implemented yet"):
-        destination(free_port(), tls=True)

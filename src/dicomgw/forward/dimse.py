@@ -6,6 +6,12 @@ proposed, when it broke, or after ``idle_release_s`` without work (then it is
 released). For each SOP class the stored transfer syntaxes are proposed, plus
 the fallbacks the data set can be converted to; the stored bytes go out as they
 are whenever the peer accepts their transfer syntax.
+
+With ``tls: true`` associations run over DICOM TLS (PS3.15 Annex B, BCP 195).
+The TLS files are read when an association is opened, not when the sender is
+made, and again whenever one of them changed: a file that cannot be used fails
+each attempt (transient, naming the destination and the key) until it is fixed,
+and a renewed certificate is used without a restart.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import ssl
 import time
 from collections.abc import Sequence
 
@@ -24,7 +31,9 @@ from dicomgw.association.requestor import (
     MAX_CONTEXTS,
     AssociationError,
     Requestor,
+    TLSFailed,
 )
+from dicomgw.association.tls import client_context
 from dicomgw.config import DimseDestination
 from dicomgw.dimse.status import (
     DUPLICATE_SOP_INSTANCE,
@@ -111,6 +120,8 @@ class DimseSender:
         self._requestor: Requestor | None = None
         self._proposed: frozenset[Pair] = frozenset()
         self._idle_release: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._tls_files: tuple[tuple[int, int] | None, ...] = ()
 
     async def send(self, items: Sequence[StoredInstance]) -> list[Outcome]:
         """Deliver ``items``; one :class:`Outcome` per item, in their order.
@@ -234,16 +245,78 @@ class DimseSender:
 
     async def _open(self, pairs: list[Pair]) -> Requestor:
         destination = self._destination
-        return await Requestor.open(
-            destination.host,
-            destination.port,
-            called_ae=destination.ae_title,
-            calling_ae=destination.calling_ae_title,
-            contexts=[(abstract, [ts]) for abstract, ts in pairs],
-            max_pdu=destination.max_pdu,
-            connect_timeout_s=destination.connect_timeout_s,
-            network_timeout_s=destination.network_timeout_s,
+        try:
+            return await Requestor.open(
+                destination.host,
+                destination.port,
+                called_ae=destination.ae_title,
+                calling_ae=destination.calling_ae_title,
+                contexts=[(abstract, [ts]) for abstract, ts in pairs],
+                max_pdu=destination.max_pdu,
+                connect_timeout_s=destination.connect_timeout_s,
+                network_timeout_s=destination.network_timeout_s,
+                tls=await self._tls_context() if destination.tls else None,
+            )
+        except TLSFailed as exc:
+            hint = self._tls_hint(exc.kind)
+            if hint is None:
+                raise
+            raise TLSFailed(exc.peer, f"{exc.problem}; {hint}", exc.kind) from None
+
+    async def _tls_context(self) -> ssl.SSLContext:
+        """Made at the first association, and again when a TLS file changed (a renewed
+        certificate is used without a restart); raises TLSConfigError until it can be."""
+        destination = self._destination
+        files = tuple(
+            _stamp(path)
+            for path in (
+                destination.tls_ca_file,
+                destination.tls_cert_file,
+                destination.tls_key_file,
+            )
         )
+        if self._tls is None or files != self._tls_files:
+            # NOTE: a file replaced by an unusable one fails from now on, rather than
+            # the old certificate going on unnoticed.
+            self._tls = None
+            # NOTE: loading a trust store parses hundreds of certificates; not on the loop.
+            self._tls = await asyncio.to_thread(
+                client_context,
+                f"destination '{self._name}'",
+                ca_file=destination.tls_ca_file,
+                cert_file=destination.tls_cert_file,
+                key_file=destination.tls_key_file,
+                verify_hostname=destination.tls_verify_hostname,
+            )
+            self._tls_files = files
+        return self._tls
+
+    def _tls_hint(self, kind: str) -> str | None:
+        """What in the destination's config to look at, for a TLSFailed of this kind."""
+        destination = self._destination
+        has_certificate = destination.tls_cert_file is not None
+        if kind == "peer-certificate":
+            if destination.tls_ca_file is None:
+                return "the system trust store holds no CA that issued it: set tls_ca_file"
+            return f"tls_ca_file '{destination.tls_ca_file}' must hold the CA that issued it"
+        if kind == "peer-name":
+            return (
+                f"the certificate must name host '{destination.host}' (a DNS or IP address "
+                "subject alternative name), or set tls_verify_hostname: false"
+            )
+        if kind == "certificate-required" and not has_certificate:
+            return "it requires a client certificate: set tls_cert_file and tls_key_file"
+        if kind == "refused" and not has_certificate:
+            # NOTE: under TLS 1.2 a missing client certificate is a plain handshake failure.
+            return "if it requires a client certificate, set tls_cert_file and tls_key_file"
+        if kind == "certificate-refused" and has_certificate:
+            return (
+                "it does not accept the certificate in tls_cert_file "
+                f"'{destination.tls_cert_file}': it must trust the CA that issued it"
+            )
+        if kind == "version":
+            return "dicom-gw speaks TLS 1.2 and 1.3 only (BCP 195)"
+        return None
 
     async def _store(self, requestor: Requestor, item: StoredInstance) -> Outcome:
         """One C-STORE: the stored bytes if their syntax was accepted, else converted."""
@@ -323,6 +396,17 @@ class DimseSender:
                     "forward: association release failed",
                     extra={"destination": self._name, "error": str(exc)},
                 )
+
+
+def _stamp(path: str | None) -> tuple[int, int] | None:
+    """(modification time, size) of a file, to notice that it was replaced."""
+    if path is None:
+        return None
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
 def _verify(items: Sequence[StoredInstance]) -> dict[int, Outcome]:
