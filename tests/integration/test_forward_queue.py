@@ -320,3 +320,16 @@ async def test_next_due_is_none_when_nothing_is_pending(env: Env) -> None:
         assert await jobs.next_due(conn, dest) == 0
         await conn.execute("UPDATE forward_jobs SET due_at = now() + interval '60 seconds'")
         assert 59 < (await jobs.next_due(conn, dest) or 0) <= 60
+
+
+async def test_finish_survives_a_job_deleted_meanwhile(env: Env) -> None:
+    await env.index(record(1, modality="MR"), record(2, modality="MR"))
+    async with env.pool.acquire() as conn:
+        first, second = await jobs.claim(conn, env.dest["pacs1"], "w", 2, 60)
+        # An admin deletes the first job's study while the worker is sending.
+        await conn.execute("DELETE FROM instances WHERE id = $1", first.instance_id)
+        done = await jobs.finish(
+            conn, "w", [(first, Outcome("delivered", 0)), (second, Outcome("delivered", 0))],
+            POLICY,
+        )  # fmt: skip
+    assert done == {second.job_id: "done"}
