@@ -134,13 +134,13 @@ WITH r AS (
     FROM s
     WHERE j.id = s.id AND j.state = 'leased' AND j.lease_owner = $1
     RETURNING j.id, j.state
-), present AS (
-    -- A job deleted meanwhile (its study was deleted) gets no attempt row, or the
-    -- foreign key would fail the whole batch; the lock waits for a delete in flight.
-    SELECT id FROM forward_jobs WHERE id = ANY($2::bigint[]) FOR KEY SHARE
 ), attempts AS (
+    -- A job deleted meanwhile (its study was deleted by an admin) gets no attempt
+    -- row: the foreign key would fail the whole batch. (A delete committing during
+    -- this very statement can still fail it; the batch is then retried.)
     INSERT INTO forward_attempts (job_id, outcome, status, message, worker)
-    SELECT r.id, r.kind, r.status, nullif(r.message, ''), $1 FROM r JOIN present USING (id)
+    SELECT r.id, r.kind, r.status, nullif(r.message, ''), $1
+    FROM r JOIN forward_jobs j ON j.id = r.id
 )
 SELECT id, state FROM done
 """
