@@ -19,6 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from dicomgw.storage import deletions
 from tests.gateway import Gateway, running
 from tests.integration.scu import (
     dataset_checksum,
@@ -197,3 +198,33 @@ async def test_start_up_recovery(gateway_factory: Callable[..., Gateway]) -> Non
         gw.stop()
         gw.start()
         assert [e["event"] for e in await events(gw.dsn or "", new_uid)] == ["recovered"]
+
+
+async def test_deleted_study_is_not_recovered_after_a_crash(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A study deleted just before a crash (rows gone, files not yet removed) must
+    not come back as orphans: start-up settles the deletion manifest first."""
+    with running(gateway_factory()) as gw:
+        kept, deleted = make_dataset(), make_dataset()
+        assert send(gw.dimse_port, [kept, deleted]) == [SUCCESS, SUCCESS]
+        gw.stop()
+        [row] = await instance_rows(gw.dsn or "", deleted.SOPInstanceUID)
+        # What DELETE /studies does up to its COMMIT, then the crash.
+        manifest = await deletions.write(gw.storage, [row["file_path"]], fsync=True)
+        conn = await asyncpg.connect(gw.dsn or "")
+        try:
+            await conn.execute("DELETE FROM instances WHERE id = $1", row["id"])
+        finally:
+            await conn.close()
+        assert (gw.storage / row["file_path"]).exists()
+
+        gw.start()
+
+        assert not (gw.storage / row["file_path"]).exists()
+        assert not manifest.path.exists()
+        assert await instance_rows(gw.dsn or "", deleted.SOPInstanceUID) == []
+        assert len(await instance_rows(gw.dsn or "", kept.SOPInstanceUID)) == 1
+        assert set(await index_by_path(gw.dsn or "")) == {
+            str(p.relative_to(gw.storage)) for p in object_files(gw.storage)
+        }

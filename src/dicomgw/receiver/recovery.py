@@ -1,5 +1,9 @@
 """Start-up recovery: what a crash (kill -9, power loss) can leave behind.
 
+- ``deletions/*.json``: a study deletion whose files were not all removed yet;
+  settled first (the files no index row points to are removed), so that a
+  deleted study is never indexed again as orphans. A manifest that cannot be
+  settled keeps its files out of the orphan search.
 - ``incoming/*.part``: an instance that was never acknowledged; removed.
 - a complete object under ``objects/`` that the index lacks: the crash came
   between the rename and the index COMMIT, so the peer may or may not have
@@ -25,6 +29,7 @@ from dicomgw.index import records as tags
 from dicomgw.index.batcher import IndexBatcher
 from dicomgw.index.records import Attributes, InstanceRecord, Provenance, build_record
 from dicomgw.receiver.store import CHECKSUM_PREFIX, scan
+from dicomgw.storage import deletions
 from dicomgw.storage.layout import StorageLayout
 from dicomgw.storage.part10 import parse_file_meta
 from dicomgw.storage.spool import OBJECT_SUFFIX, PART_SUFFIX
@@ -40,13 +45,16 @@ RECOVERY_MARGIN = dt.timedelta(hours=1)
 async def recover(
     layout: StorageLayout, pool: asyncpg.Pool, batcher: IndexBatcher
 ) -> dict[str, int]:
-    counts = {"partial_removed": 0, "recovered": 0, "quarantined": 0}
+    counts = {"partial_removed": 0, "recovered": 0, "quarantined": 0, "deleted_removed": 0}
+    unsettled = await _settle_deletions(layout, pool, counts)
     for part in layout.incoming.glob(f"*{PART_SUFFIX}"):
         part.unlink(missing_ok=True)
         counts["partial_removed"] += 1
     async with pool.acquire() as conn:
         newest: dt.datetime | None = await conn.fetchval("SELECT max(received_at) FROM instances")
-    on_disk = {str(path.relative_to(layout.root)) for path in candidates(layout.objects, newest)}
+    on_disk = {
+        str(path.relative_to(layout.root)) for path in candidates(layout.objects, newest)
+    } - unsettled
     if on_disk:
         async with pool.acquire() as conn:
             indexed = {
@@ -75,6 +83,27 @@ async def recover(
     if any(counts.values()):
         log.warning("storage recovery", extra=counts)
     return counts
+
+
+async def _settle_deletions(
+    layout: StorageLayout, pool: asyncpg.Pool, counts: dict[str, int]
+) -> set[str]:
+    """Finish interrupted study deletions; the files of those that cannot be."""
+
+    async def still_indexed(files: list[str]) -> set[str]:
+        async with pool.acquire() as conn:
+            return {r["file_path"] for r in await conn.fetch(deletions.STILL_INDEXED, files)}
+
+    unsettled: set[str] = set()
+    for manifest in deletions.pending(layout.deletions):
+        try:
+            counts["deleted_removed"] += await deletions.settle(
+                layout.root, manifest, still_indexed, fsync=True
+            )
+        except deletions.FilesNotRemoved as exc:
+            log.error("deleted files not removed", extra={"error": str(exc)})
+            unsettled.update(manifest.files)
+    return unsettled
 
 
 def candidates(objects: Path, newest: dt.datetime | None) -> Iterator[Path]:

@@ -121,7 +121,7 @@ class Spool:
             self._ensure_dir(target.parent)
             os.rename(incoming.path, target)
             if self.fsync:
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
         except OSError:
             incoming.path.unlink(missing_ok=True)
             raise
@@ -143,7 +143,7 @@ class Spool:
             for directory in reversed(missing):
                 os.mkdir(directory, DIR_MODE)
                 if self.fsync:
-                    _fsync_dir(directory.parent)
+                    fsync_dir(directory.parent)
             self._dirs.add(path)
 
     def discard(self, incoming: Incoming) -> None:
@@ -180,7 +180,7 @@ def _same_tail(a: Path, b: Path, size: int) -> bool:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
