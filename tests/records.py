@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+import asyncpg
+
+from dicomgw.forward.rules import RoutingTable
+from dicomgw.index.batcher import IndexBatcher, init_connection
 from dicomgw.index.records import InstanceRecord
 
 
@@ -46,3 +54,43 @@ def record(
         instance_number=n,
         number_of_frames=None,
     )
+
+
+async def _same_content(_stored: str, _new: str, _size: int) -> bool:
+    return True
+
+
+@dataclass
+class Indexing:
+    """The real index writer, routing with the rules in force (so ingest creates the
+    forward jobs it would), on its own pool."""
+
+    pool: asyncpg.Pool
+    routing: RoutingTable
+    batcher: IndexBatcher
+
+    async def index(self, *records: InstanceRecord) -> None:
+        await asyncio.gather(*(self.batcher.index(r) for r in records))
+
+
+@contextlib.asynccontextmanager
+async def indexing(dsn: str) -> AsyncIterator[Indexing]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=6, init=init_connection)
+    routing = RoutingTable(pool)
+    await routing.start()
+    batcher = IndexBatcher(
+        pool,
+        batch_size=64,
+        max_delay_s=0,
+        duplicate_policy="reject",
+        same_content=_same_content,
+        timeout_s=10,
+        router=routing.route,
+    )
+    batcher.start()
+    try:
+        yield Indexing(pool, routing, batcher)
+    finally:
+        await batcher.close()
+        await routing.close()
+        await pool.close()

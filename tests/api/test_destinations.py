@@ -23,14 +23,10 @@ from dicomgw.api.resources import destinations, queue, rules
 from dicomgw.config import Config, load_config
 from dicomgw.db.channels import ROUTING
 from dicomgw.forward.destinations import apply_declared
-from dicomgw.forward.rules import RoutingTable
 from dicomgw.forward.secrets import SecretBox
-from dicomgw.index.batcher import IndexBatcher, init_connection
-from dicomgw.index.records import InstanceRecord
 from tests.api.inprocess import Api, api_config, logged_in, migrated
-from tests.integration.test_forward_queue import same
 from tests.interop.corpus import running_sink
-from tests.records import record
+from tests.records import indexing, record
 
 # -- shared with test_rules.py and test_queue.py ------------------------------------
 
@@ -90,31 +86,9 @@ async def audit_rows(dsn: str, prefix: str) -> list[asyncpg.Record]:
 
 @contextlib.asynccontextmanager
 async def ingesting(dsn: str) -> AsyncIterator[Callable[..., Awaitable[None]]]:
-    """The real index writer routing with the rules in force: ``await index(*records)``
-    stores index rows and the jobs ingest gives them."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, init=init_connection)
-    routing = RoutingTable(pool)
-    await routing.start()
-    batcher = IndexBatcher(
-        pool,
-        batch_size=64,
-        max_delay_s=0,
-        duplicate_policy="reject",
-        same_content=same,
-        timeout_s=10,
-        router=routing.route,
-    )
-    batcher.start()
-
-    async def index(*records: InstanceRecord) -> None:
-        await asyncio.gather(*(batcher.index(r) for r in records))
-
-    try:
-        yield index
-    finally:
-        await batcher.close()
-        await routing.close()
-        await pool.close()
+    """``await index(*records)``: index rows and the jobs ingest gives them."""
+    async with indexing(dsn) as writer:
+        yield writer.index
 
 
 @contextlib.asynccontextmanager

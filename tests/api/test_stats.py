@@ -10,28 +10,16 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from dicomgw.index.batcher import IndexBatcher, init_connection
 from dicomgw.stats import rollup
 from tests.api.inprocess import api_config, logged_in, migrated
-from tests.records import record
-
-
-async def same(_a: str, _b: str, _n: int) -> bool:
-    return True
+from tests.records import indexing, record
 
 
 async def seed(dsn: str) -> None:
     """12 CT from CT1, 5 MR from MR1 (received now), 3 CT received two days ago;
     4 of the CT forwarded to 'pacs'."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=init_connection)
-    batcher = IndexBatcher(
-        pool, batch_size=64, max_delay_s=0, duplicate_policy="reject", same_content=same,
-        timeout_s=10,
-    )  # fmt: skip
-    batcher.start()
     now = dt.datetime.now(dt.UTC)
     records = [replace(record(n), source_ae="CT1", size_bytes=1000) for n in range(12)]
     records += [
@@ -43,10 +31,9 @@ async def seed(dsn: str) -> None:
         replace(record(n), source_ae="CT1", size_bytes=1000, received_at=now - dt.timedelta(days=2))
         for n in range(3)
     ]
-    for r in records:
-        await batcher.index(r)
-    await batcher.close()
-    async with pool.acquire() as conn:
+    async with indexing(dsn) as writer, writer.pool.acquire() as conn:
+        for r in records:
+            await writer.index(r)
         dest = await conn.fetchval(
             "INSERT INTO destinations (name, kind) VALUES ('pacs', 'dimse') RETURNING id"
         )
@@ -58,7 +45,6 @@ async def seed(dsn: str) -> None:
         )
         await rollup(conn, hours=72)
         await rollup(conn)  # idempotent: a second run changes nothing
-    await pool.close()
 
 
 @pytest.fixture

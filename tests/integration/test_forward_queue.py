@@ -24,11 +24,11 @@ from dicomgw.forward.delivery import Outcome
 from dicomgw.forward.destinations import apply_declared, load_destinations
 from dicomgw.forward.rules import RoutingTable
 from dicomgw.forward.secrets import SecretBox
-from dicomgw.index.batcher import IndexBatcher, init_connection
+from dicomgw.index.batcher import IndexBatcher
 from dicomgw.index.records import InstanceRecord
 from dicomgw.queue import jobs
 from dicomgw.queue.jobs import RetryPolicy
-from tests.records import record
+from tests.records import indexing, record
 
 POLICY = RetryPolicy(max_attempts=3, permanent_attempts=2, backoff_initial_s=60, backoff_max_s=600)
 
@@ -78,34 +78,20 @@ class Env:
         )
 
 
-async def same(_a: str, _b: str, _n: int) -> bool:
-    return True
-
-
 @pytest.fixture
 async def env(empty_db: str, tmp_path: Path) -> AsyncIterator[Env]:
     await asyncio.to_thread(migrate.upgrade, empty_db)
-    pool = await asyncpg.create_pool(empty_db, min_size=1, max_size=6, init=init_connection)
     box = SecretBox.open(tmp_path)
-    async with pool.acquire() as conn:
+    conn = await asyncpg.connect(empty_db)
+    try:
         await apply_declared(conn, config(tmp_path, BASE), box)
-    routing = RoutingTable(pool)
-    await routing.start()
-    batcher = IndexBatcher(
-        pool,
-        batch_size=64,
-        max_delay_s=0,
-        duplicate_policy="reject",
-        same_content=same,
-        timeout_s=10,
-        router=routing.route,
-    )
-    batcher.start()
-    dest = {r["name"]: r["id"] for r in await pool.fetch("SELECT id, name FROM destinations")}
-    yield Env(pool, routing, batcher, box, dest)
-    await batcher.close()
-    await routing.close()
-    await pool.close()
+    finally:
+        await conn.close()
+    async with indexing(empty_db) as writer:
+        dest = {
+            r["name"]: r["id"] for r in await writer.pool.fetch("SELECT id, name FROM destinations")
+        }
+        yield Env(writer.pool, writer.routing, writer.batcher, box, dest)
 
 
 async def test_jobs_are_created_with_the_index_rows_by_rule(env: Env) -> None:
