@@ -15,7 +15,8 @@ import falcon.asgi
 import orjson
 
 from dicomgw import audit
-from dicomgw.api.auth import User, allow
+from dicomgw.api.auditing import audit_request
+from dicomgw.api.auth import allow
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.problems import invalid
 from dicomgw.api.spreadsheet import cell
@@ -85,13 +86,8 @@ class AuditResource:
         self._pools = api.pools
 
     async def _note(self, req: falcon.asgi.Request, what: str) -> None:
-        user: User = req.context.user
         async with self._pools.pool.acquire() as conn:
-            await audit.record(
-                conn, actor=user.username, action=what, detail=dict(req.params),
-                source_ip=req.remote_addr, request_id=req.context.request_id,
-                event_id=audit.QUERY,
-            )  # fmt: skip
+            await audit_request(conn, req, what, detail=dict(req.params), event_id=audit.QUERY)
 
     @allow("auditor")
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:

@@ -10,6 +10,7 @@ import falcon.asgi
 
 from dicomgw import audit
 from dicomgw.accounts import AccountError, hash_password
+from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import (
     PUBLIC,
     ROLES,
@@ -53,10 +54,9 @@ class LoginResource:
         async with self._pools.pool.acquire() as conn:
             wait = await throttled(conn, self._throttle, username, ip)
             if wait is not None:
-                await audit.record(
-                    conn, actor=username, action="auth.login", outcome="failure",
-                    detail={"reason": "throttled"}, source_ip=ip,
-                    request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
+                await audit_request(
+                    conn, req, "auth.login", detail={"reason": "throttled"}, actor=username,
+                    event_id=audit.USER_AUTHENTICATION, outcome="failure",
                 )  # fmt: skip
                 raise Problem(
                     429,
@@ -74,10 +74,9 @@ class LoginResource:
             usable = row is not None and not row["disabled"]
             if not check_password(row["password_hash"] if row and usable else None, password):
                 await record_failure(conn, username, ip)
-                await audit.record(
-                    conn, actor=username, action="auth.login", outcome="failure",
-                    source_ip=ip, request_id=req.context.request_id,
-                    event_id=audit.USER_AUTHENTICATION,
+                await audit_request(
+                    conn, req, "auth.login", actor=username,
+                    event_id=audit.USER_AUTHENTICATION, outcome="failure",
                 )  # fmt: skip
                 raise failed
             assert row is not None
@@ -87,10 +86,9 @@ class LoginResource:
             token, csrf = await create_session(
                 conn, row["id"], self._config, ip, req.get_header("User-Agent")
             )
-            await audit.record(
-                conn, actor=row["username"], action="auth.login", source_ip=ip,
-                request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
-            )  # fmt: skip
+            await audit_request(
+                conn, req, "auth.login", actor=row["username"], event_id=audit.USER_AUTHENTICATION
+            )
         resp.set_cookie(
             SESSION_COOKIE,
             token,
@@ -122,10 +120,9 @@ class LoginResource:
             ok = await second_factor_ok(conn, self._api.box, row["id"], code)
         if not ok:
             await record_failure(conn, row["username"], req.remote_addr)
-            await audit.record(
-                conn, actor=row["username"], action="auth.login", outcome="failure",
-                detail={"reason": "second factor"}, source_ip=req.remote_addr,
-                request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
+            await audit_request(
+                conn, req, "auth.login", detail={"reason": "second factor"},
+                actor=row["username"], event_id=audit.USER_AUTHENTICATION, outcome="failure",
             )  # fmt: skip
             raise Problem(
                 401, "invalid-credentials", "Login failed",
@@ -143,10 +140,7 @@ class LogoutResource:
         async with self._pools.pool.acquire() as conn:
             if user.session_id is not None:
                 await conn.execute("DELETE FROM sessions WHERE id = $1", user.session_id)
-            await audit.record(
-                conn, actor=user.username, action="auth.logout", source_ip=req.remote_addr,
-                request_id=req.context.request_id, event_id=audit.USER_AUTHENTICATION,
-            )  # fmt: skip
+            await audit_request(conn, req, "auth.logout", event_id=audit.USER_AUTHENTICATION)
         resp.unset_cookie(SESSION_COOKIE, path="/")
         resp.status = falcon.HTTP_204
 
@@ -190,10 +184,7 @@ class MySessionsResource:
             )
             if done.endswith(" 0"):
                 raise not_found(f"session {session_id}")
-            await audit.record(
-                conn, actor=user.username, action="session.revoke", target=str(session_id),
-                source_ip=req.remote_addr, request_id=req.context.request_id,
-            )  # fmt: skip
+            await audit_request(conn, req, "session.revoke", str(session_id))
         resp.status = falcon.HTTP_204
 
 
@@ -228,9 +219,5 @@ class MePasswordResource:
                     user.id,
                     user.session_id,
                 )
-                await audit.record(
-                    conn, actor=user.username, action="user.password_change",
-                    target=user.username, source_ip=req.remote_addr,
-                    request_id=req.context.request_id,
-                )  # fmt: skip
+                await audit_request(conn, req, "user.password_change", user.username)
         resp.status = falcon.HTTP_204

@@ -23,8 +23,8 @@ import falcon.asgi
 import msgspec
 import orjson
 
-from dicomgw import audit
-from dicomgw.api.auth import User, allow
+from dicomgw.api.auditing import audit_request
+from dicomgw.api.auth import allow
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.validation import body_of
@@ -47,29 +47,6 @@ FIELDS = {
 
 
 # -- shared by the forwarding resources ----------------------------------------------
-
-
-async def audited(
-    conn: asyncpg.Connection,
-    req: falcon.asgi.Request,
-    action: str,
-    target: str,
-    detail: dict[str, object] | None = None,
-    *,
-    outcome: str = "success",
-) -> None:
-    """An audit row for what the caller just did."""
-    user: User = req.context.user
-    await audit.record(
-        conn,
-        actor=user.username,
-        action=action,
-        target=target,
-        detail=detail,
-        source_ip=req.remote_addr,
-        request_id=req.context.request_id,
-        outcome=outcome,
-    )
 
 
 async def routing_changed(conn: asyncpg.Connection) -> None:
@@ -299,7 +276,7 @@ class DestinationsResource:
                 destination_id = await conn.fetchval(INSERT, *columns(destination, self._box))
             except asyncpg.UniqueViolationError:
                 raise _name_taken(destination.name) from None
-            await audited(conn, req, "destination.create", destination.name, _changes(body))
+            await audit_request(conn, req, "destination.create", destination.name, _changes(body))
             await routing_changed(conn)
             row = await fetch_destination(conn, destination_id)
         resp.status = falcon.HTTP_201
@@ -337,7 +314,7 @@ class DestinationsResource:
                 await conn.execute(UPDATE, destination_id, *columns(destination, self._box))
             except asyncpg.UniqueViolationError:
                 raise _name_taken(destination.name) from None
-            await audited(conn, req, "destination.update", row["name"], _changes(body))
+            await audit_request(conn, req, "destination.update", row["name"], _changes(body))
             await routing_changed(conn)
             row = await fetch_destination(conn, destination_id)
             stats = await queue_stats(conn, destination_id)
@@ -381,7 +358,7 @@ class DestinationsResource:
                     jobs=waiting,
                 )
             await conn.execute("DELETE FROM destinations WHERE id = $1", destination_id)
-            await audited(
+            await audit_request(
                 conn,
                 req,
                 "destination.delete",
@@ -415,7 +392,7 @@ class DestinationsResource:
             row = await fetch_destination(conn, destination_id, lock=True)
             await jobs.set_paused(conn, destination_id, paused)
             action = "destination.pause" if paused else "destination.resume"
-            await audited(conn, req, action, row["name"])
+            await audit_request(conn, req, action, row["name"])
             row = await fetch_destination(conn, destination_id)
             stats = await queue_stats(conn, destination_id)
         resp.media = destination_json(row, self._box, stats.get(destination_id))
@@ -434,7 +411,7 @@ class DestinationsResource:
         else:
             result = await run_probe(destination, ECHO_TIMEOUT_S)
         async with self._pools.pool.acquire() as conn:
-            await audited(
+            await audit_request(
                 conn,
                 req,
                 "destination.echo",

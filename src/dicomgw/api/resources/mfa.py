@@ -8,6 +8,7 @@ import falcon
 import falcon.asgi
 
 from dicomgw import audit
+from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import ROLES, TOKEN_PREFIX, User, allow, token_hash
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.mfa import check_totp, new_recovery_codes, new_secret, provisioning
@@ -31,11 +32,9 @@ class TotpResource:
     async def _audit(self, req: falcon.asgi.Request, action: str) -> None:
         user: User = req.context.user
         async with self._api.pools.pool.acquire() as conn:
-            await audit.record(
-                conn, actor=user.username, action=action, target=user.username,
-                source_ip=req.remote_addr, request_id=req.context.request_id,
-                event_id=audit.USER_AUTHENTICATION,
-            )  # fmt: skip
+            await audit_request(
+                conn, req, action, user.username, event_id=audit.USER_AUTHENTICATION
+            )
 
     @allow(*ROLES)
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -159,11 +158,7 @@ class TokensResource:
                 token[:10],
                 days,
             )
-            await audit.record(
-                conn, actor=user.username, action="token.create", target=name,
-                detail={"token_id": row["id"]}, source_ip=req.remote_addr,
-                request_id=req.context.request_id,
-            )  # fmt: skip
+            await audit_request(conn, req, "token.create", name, {"token_id": row["id"]})
         resp.status = falcon.HTTP_201
         resp.media = {
             "id": row["id"],
@@ -188,11 +183,7 @@ class TokensResource:
             )
             if name is None:
                 raise not_found(f"token {token_id}")
-            await audit.record(
-                conn, actor=user.username, action="token.revoke", target=name,
-                detail={"token_id": token_id}, source_ip=req.remote_addr,
-                request_id=req.context.request_id,
-            )  # fmt: skip
+            await audit_request(conn, req, "token.revoke", name, {"token_id": token_id})
         resp.status = falcon.HTTP_204
 
 

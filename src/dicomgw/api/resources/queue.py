@@ -16,6 +16,7 @@ import asyncpg
 import falcon
 import falcon.asgi
 
+from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import allow
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.problems import Problem, invalid, not_found
@@ -23,7 +24,6 @@ from dicomgw.api.resources.destinations import (
     JOB_STATES,
     READERS,
     WRITERS,
-    audited,
     empty_stats,
     fetch_destination,
     queue_stats,
@@ -208,7 +208,9 @@ class JobsResource:
                     f"job {job_id} is {state}: it cannot be {done}",
                     state=state,
                 )
-            await audited(conn, req, f"queue.{action}", f"job {job_id}", {"from_state": state})
+            await audit_request(
+                conn, req, f"queue.{action}", f"job {job_id}", {"from_state": state}
+            )
             row = await fetch_job(conn, job_id)
         resp.media = job_json(row)
 
@@ -226,7 +228,7 @@ class DestinationQueueResource:
         async with self._pools.pool.acquire() as conn, conn.transaction():
             row = await fetch_destination(conn, destination_id)
             count = await jobs.retry_dead(conn, destination_id)
-            await audited(conn, req, "queue.retry_dead", row["name"], {"jobs": count})
+            await audit_request(conn, req, "queue.retry_dead", row["name"], {"jobs": count})
         resp.media = {"requeued": count}
 
     @allow(*WRITERS)
@@ -244,7 +246,7 @@ class DestinationQueueResource:
                 (field, uid), *_ = body.items()
                 what = field.removesuffix("_instance_uid")
                 raise not_found(f"a stored {what} with UID {uid}")
-            await audited(conn, req, "queue.replay", row["name"], body | {"jobs": count})
+            await audit_request(conn, req, "queue.replay", row["name"], body | {"jobs": count})
         resp.media = {"created": count}
 
 

@@ -20,13 +20,13 @@ import falcon.asgi
 import msgspec
 import orjson
 
+from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import allow
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.resources.destinations import (
     READERS,
     WRITERS,
-    audited,
     routing_changed,
     validation_problem,
 )
@@ -179,7 +179,7 @@ class RulesResource:
             except asyncpg.UniqueViolationError:
                 raise _name_taken(rule.name) from None
             await save_destinations(conn, rule_id, rule.destinations)
-            await audited(conn, req, "rule.create", rule.name, msgspec.to_builtins(rule))
+            await audit_request(conn, req, "rule.create", rule.name, msgspec.to_builtins(rule))
             await routing_changed(conn)
             row = await fetch_rule(conn, rule_id)
         resp.status = falcon.HTTP_201
@@ -213,7 +213,7 @@ class RulesResource:
                 raise _name_taken(rule.name) from None
             if "destinations" in body:
                 await save_destinations(conn, rule_id, rule.destinations)
-            await audited(conn, req, "rule.update", row["name"], body)
+            await audit_request(conn, req, "rule.update", row["name"], body)
             await routing_changed(conn)
             row = await fetch_rule(conn, rule_id)
         resp.media = rule_json(row)
@@ -228,7 +228,7 @@ class RulesResource:
             if row["from_config"]:
                 raise declared(row, "remove")
             await conn.execute("DELETE FROM routing_rules WHERE id = $1", rule_id)
-            await audited(conn, req, "rule.delete", row["name"])
+            await audit_request(conn, req, "rule.delete", row["name"])
             await routing_changed(conn)
         resp.status = falcon.HTTP_204
 
@@ -260,7 +260,7 @@ class RuleOrderResource:
                 "UPDATE routing_rules SET position = $2, updated_at = now() WHERE id = $1",
                 [(rule_id, first + n) for n, rule_id in enumerate(ids)],
             )
-            await audited(conn, req, "rule.reorder", "rules", {"ids": ids})
+            await audit_request(conn, req, "rule.reorder", "rules", {"ids": ids})
             await routing_changed(conn)
             rows = await conn.fetch(SELECT + GROUPED)
         resp.media = {"items": [rule_json(r) for r in rows], "next_cursor": None}

@@ -26,7 +26,8 @@ import orjson
 
 from dicomgw import audit
 from dicomgw.api import zipstream
-from dicomgw.api.auth import User, allow
+from dicomgw.api.auditing import audit_request
+from dicomgw.api.auth import allow
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
@@ -396,22 +397,6 @@ def archive_names(rows: list[asyncpg.Record]) -> list[str]:
 # -- resources --------------------------------------------------------------------------
 
 
-async def _audit(
-    conn: asyncpg.Connection,
-    req: falcon.asgi.Request,
-    *,
-    action: str,
-    target: str,
-    event_id: str,
-    detail: dict[str, object],
-) -> None:
-    user: User = req.context.user
-    await audit.record(
-        conn, actor=user.username, action=action, target=target, detail=detail,
-        source_ip=req.remote_addr, request_id=req.context.request_id, event_id=event_id,
-    )  # fmt: skip
-
-
 def _file_missing(exc: StoredFileMissing) -> Problem:
     log.error("indexed file cannot be read", extra={"file": exc.relative, "error": str(exc)})
     return Problem(500, "stored-file-missing", "Stored file missing", str(exc))
@@ -442,7 +427,7 @@ class StudiesResource:
         )
         async with self._pools.pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)
-            await _audit(
+            await audit_request(
                 conn, req, action="study.search", target="studies", event_id=audit.QUERY,
                 detail={"filter": {k: v for k, v in params.items() if k not in ("limit", "cursor")},
                         "returned": min(len(rows), limit)},
@@ -469,7 +454,7 @@ class StudiesResource:
             if study is None:
                 raise not_found(f"study {study_uid}")
             series = await conn.fetch(SERIES, study["id"])
-            await _audit(
+            await audit_request(
                 conn, req, action="study.view", target=study_uid,
                 event_id=audit.INSTANCES_ACCESSED, detail={"patient_id": study["patient_id"]},
             )  # fmt: skip
@@ -494,7 +479,7 @@ class StudiesResource:
             if series is None:
                 raise not_found(f"series {series_uid} of study {study_uid}")
             rows = await conn.fetch(INSTANCES, series["id"], number_key, after_id, limit + 1)
-            await _audit(
+            await audit_request(
                 conn, req, action="series.view", target=series_uid,
                 event_id=audit.INSTANCES_ACCESSED,
                 detail={"study_instance_uid": study_uid, "patient_id": series["patient_id"]},
@@ -517,7 +502,7 @@ class StudiesResource:
             if study is None:
                 raise not_found(f"study {study_uid}")
             rows = await conn.fetch(ARCHIVE_MEMBERS, study["id"])
-            await _audit(
+            await audit_request(
                 conn, req, action="study.download", target=study_uid,
                 event_id=audit.INSTANCES_ACCESSED,
                 detail={"patient_id": study["patient_id"], "instances": len(rows)},
@@ -546,7 +531,7 @@ class StudiesResource:
                     raise not_found(f"study {study_uid}")
                 files = [r["file_path"] for r in await conn.fetch(DELETE_INSTANCES, study["id"])]
                 await conn.execute("DELETE FROM studies WHERE id = $1", study["id"])
-                await _audit(
+                await audit_request(
                     conn, req, action="study.delete", target=study_uid,
                     event_id=audit.STUDY_DELETED,
                     detail={"patient_id": study["patient_id"], "instances": len(files),
@@ -603,7 +588,7 @@ class InstanceFileResource:
             except StoredFileMissing as exc:
                 raise _file_missing(exc) from None
             try:
-                await _audit(
+                await audit_request(
                     conn, req, action="instance.download", target=sop_instance_uid,
                     event_id=audit.INSTANCES_ACCESSED,
                     detail={"study_instance_uid": row["study_instance_uid"],

@@ -8,8 +8,8 @@ import asyncpg
 import falcon
 import falcon.asgi
 
-from dicomgw import audit
 from dicomgw.accounts import AccountError, add_user, hash_password, validate_new_user
+from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import User, allow
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
@@ -91,10 +91,8 @@ class UsersResource:
             if changes.keys() & {"password_hash", "disabled", "role"}:
                 # Whatever changed about the account, its sessions start over.
                 await conn.execute("DELETE FROM sessions WHERE user_id = $1", user_id)
-            await audit.record(
-                conn, actor=me.username, action="user.update", target=row["username"],
-                detail={k: v for k, v in body.items() if k != "password"}
-                | ({"password": "reset"} if "password" in body else {}),
-                source_ip=req.remote_addr, request_id=req.context.request_id,
-            )  # fmt: skip
+            shown = {k: v for k, v in body.items() if k != "password"}
+            if "password" in body:
+                shown["password"] = "reset"
+            await audit_request(conn, req, "user.update", row["username"], shown)
         resp.media = row_json(row)
