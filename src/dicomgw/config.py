@@ -12,6 +12,7 @@ explicitly; there is no module-level config.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -263,6 +264,21 @@ class ApiConfig(_Section, frozen=True):
     """A session unused this long ends."""
     session_max_age_s: Annotated[int, msgspec.Meta(ge=300, le=30 * 86_400)] = 43_200
     """A session ends this long after login, used or not."""
+    metrics_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    """GET /metrics answers a request with ``Authorization: Bearer <this>``."""
+    metrics_networks: tuple[str, ...] = ()
+    """Client addresses or networks (CIDR) GET /metrics answers without the token.
+    With neither set, GET /metrics answers nobody."""
+
+    def __post_init__(self) -> None:
+        for network in self.metrics_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"metrics_networks: '{network}' is not an IP address or network "
+                    "(e.g. 10.0.5.0/24)"
+                ) from None
 
 
 class LoggingConfig(_Section, frozen=True):

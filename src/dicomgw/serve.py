@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
 
@@ -28,7 +29,7 @@ from dicomgw.db.server import database
 from dicomgw.errors import DatabaseError, DicomGwError
 from dicomgw.forward.destinations import apply_declared
 from dicomgw.forward.secrets import SecretBox
-from dicomgw.forward.supervisor import Forwarder
+from dicomgw.forward.supervisor import Forwarder, SendObserver
 from dicomgw.index.batcher import init_connection
 from dicomgw.receiver.server import Receiver
 from dicomgw.statedir import StateDirLock
@@ -38,6 +39,7 @@ from dicomgw.storage.layout import prepare_storage
 log = logging.getLogger(__name__)
 
 API_STOP_TIMEOUT_S = 10.0
+METRICS_DIR = "metrics"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -45,6 +47,7 @@ def run(config: Config, config_file: str | None) -> None:
     lock = StateDirLock(config.state_path)
     lock.acquire()
     try:
+        metrics_dir(config)
         prepare_storage(config.storage_root)
         with database(config, adopt=True) as dsn:
             ensure_schema(dsn, upgrade=config.database.upgrade_on_start)
@@ -96,11 +99,37 @@ def ensure_schema(dsn: str, *, upgrade: bool) -> None:
         )
 
 
+def metrics_dir(config: Config) -> None:
+    """Multiprocess metrics (dicomgw.metrics): serve and its API workers (which
+    inherit the environment) write their samples under <state_dir>/metrics,
+    emptied here so that a previous run's processes are not counted.
+
+    NOTE: prometheus_client picks its mode when first imported, so this runs
+    before anything imports it; _serve imports dicomgw.metrics afterwards.
+    """
+    if "prometheus_client" in sys.modules:
+        raise DicomGwError("internal: prometheus_client was imported before its directory was set")
+    directory = config.state_path / METRICS_DIR
+    try:
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(mode=0o700)
+    except OSError as exc:
+        raise DicomGwError(
+            f"cannot empty '{directory}' (the metrics of the previous run): {exc.strerror}; "
+            "remove it"
+        ) from None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 async def _serve(config: Config, config_file: str | None) -> None:
+    from dicomgw.metrics import ServeMetrics  # NOTE: only after metrics_dir()
+
+    metrics = ServeMetrics()
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
     await _first_admin(pool)
-    receiver = Receiver(config, pool)
-    forwarder = await start_forwarder(config, pool)
+    receiver = Receiver(config, pool, on_store_answered=metrics.observe_store)
+    forwarder = await start_forwarder(config, pool, on_sent=metrics.observe_send)
     try:
         await receiver.start()
     except BaseException:
@@ -109,6 +138,7 @@ async def _serve(config: Config, config_file: str | None) -> None:
         await pool.close()
         raise
     rollups = asyncio.create_task(rollup_forever(pool), name="stats-rollup")
+    updater = asyncio.create_task(metrics.keep_updated(receiver, forwarder), name="metrics")
     api = await _start_api(config, config_file)
     log.info(
         "dicom-gw serving",
@@ -133,6 +163,7 @@ async def _serve(config: Config, config_file: str | None) -> None:
     finally:
         stopper.cancel()
         rollups.cancel()
+        updater.cancel()
         await receiver.close()
         await forwarder.close()
         await _stop_api(api)
@@ -158,12 +189,14 @@ async def _first_admin(pool: asyncpg.Pool) -> None:
     sys.stderr.flush()
 
 
-async def start_forwarder(config: Config, pool: asyncpg.Pool) -> Forwarder:
+async def start_forwarder(
+    config: Config, pool: asyncpg.Pool, on_sent: SendObserver | None = None
+) -> Forwarder:
     """Apply the declared destinations and routes, then start forwarding."""
     box = SecretBox.open(config.state_path)
     async with pool.acquire() as conn:
         await apply_declared(conn, config, box)
-    forwarder = Forwarder(pool, config.forwarder, box, config.storage_root)
+    forwarder = Forwarder(pool, config.forwarder, box, config.storage_root, on_sent=on_sent)
     await forwarder.start()
     return forwarder
 

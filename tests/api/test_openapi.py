@@ -26,7 +26,7 @@ def served() -> dict[tuple[str, str], frozenset[str]]:
         stack.extend(node.children)
         if node.resource is None:
             continue
-        template = re.sub(r"\{(\w+):\w+\}", r"{\1}", node.uri_template)[len(PREFIX) :]
+        template = re.sub(r"\{(\w+):\w+\}", r"{\1}", node.uri_template).removeprefix(PREFIX)
         for method, responder in node.method_map.items():
             roles = getattr(responder, ROLES_ATTRIBUTE, None)
             # Falcon's own responders (OPTIONS, 405) have none; our forgotten ones are

@@ -287,6 +287,52 @@ class Blackhole:
             conn.close()
 
 
+class Slammer(Blackhole):
+    """Accepts TCP connections and closes them at once, counting them."""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            conn.close()
+
+
+def circuit_state(gateway: Gateway) -> str:
+    with psycopg.connect(gateway.dsn or "") as conn:
+        row = conn.execute("SELECT circuit_state FROM destinations").fetchone()
+    return str(row[0]) if row else ""
+
+
+def test_open_circuit_probes_at_its_interval(
+    gateway_factory: Callable[..., Gateway], dcmtk: Path, tmp_path: Path
+) -> None:
+    slammer = Slammer()
+    try:
+        gateway = gateway_factory(
+            "destinations:\n" + dimse("pacs", slammer.port, max_parallel=1) + everything_to("pacs"),
+            **FAST,
+        )
+        gateway.start()
+        send(dcmtk, gateway, small_images(tmp_path, 3))
+        deadline = time.monotonic() + 20
+        while circuit_state(gateway) != "open" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert circuit_state(gateway) == "open", gateway.log()
+        # More work arriving while it is open must not make it probe faster.
+        send(dcmtk, gateway, small_images(tmp_path / "more", 3))
+        before = len(slammer.conns)
+        time.sleep(3)
+        probes = len(slammer.conns) - before
+        # circuit_probe_s is 0.3: about 10 in 3 s; a loop would make thousands.
+        assert 3 <= probes <= 20, probes
+        assert circuit_state(gateway) == "open"
+    finally:
+        slammer.close()
+
+
 def test_dead_destination_does_not_hold_up_a_healthy_one(
     gateway_factory: Callable[..., Gateway], dcmtk: Path, peer: Peer, tmp_path: Path
 ) -> None:

@@ -19,7 +19,16 @@ from dicomgw.api import problems
 from dicomgw.api.auth import AuthMiddleware, Throttle
 from dicomgw.api.context import PREFIX, ApiContext, App, RouteAdder
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
-from dicomgw.api.resources import audit_log, destinations, mfa, queue, rules, stats, studies
+from dicomgw.api.resources import (
+    audit_log,
+    destinations,
+    metrics,
+    mfa,
+    queue,
+    rules,
+    stats,
+    studies,
+)
 from dicomgw.api.resources.auth import (
     LoginResource,
     LogoutResource,
@@ -56,6 +65,7 @@ ROUTES: tuple[RouteAdder, ...] = (
     rules.add_routes,
     queue.add_routes,
     studies.add_routes,
+    metrics.add_routes,
 )
 """Every group of routes the API serves; each resource module contributes one."""
 

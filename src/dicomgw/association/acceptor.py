@@ -23,6 +23,8 @@ import logging
 import socket
 import struct
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -147,7 +149,6 @@ class AssociationLimits:
         self._per_peer = config.max_associations_per_peer
         self._by_peer: dict[str, int] = {}
         self.active = 0
-        self.rejected = 0
 
     def acquire(self, host: str) -> str | None:
         """None if admitted, else why not."""
@@ -168,11 +169,57 @@ class AssociationLimits:
             del self._by_peer[host]
 
 
+StoreObserver = Callable[[float, int], None]
+"""Told of each C-STORE answered: (seconds from its data set's last byte to the
+C-STORE-RSP, status)."""
+
+
+def _unobserved(seconds: float, status: int) -> None:
+    pass
+
+
+class ListenerCounters:
+    """What a listener's associations did, for the metrics collector to read.
+
+    The bytes of open associations are counted by their streams (in C, read at
+    collection); a stream's counts move here when its connection closes.
+    """
+
+    def __init__(self, on_store_answered: StoreObserver | None = None) -> None:
+        self.on_store_answered = on_store_answered or _unobserved
+        self.admitted = 0
+        self.rejected: Counter[tuple[int, int]] = Counter()
+        """A-ASSOCIATE-RJ sent, by (source, reason): PS3.8 9.3.4 Table 9-21."""
+        self.open_streams: set[ReceiveStream] = set()
+        self.closed_bytes_in = 0
+        self.closed_dataset_bytes_in = 0
+
+    def received(self) -> tuple[int, int]:
+        """(PDU bytes, data set bytes) received so far, open associations included."""
+        streams = self.open_streams
+        return (
+            self.closed_bytes_in + sum(s.bytes_in for s in streams),
+            self.closed_dataset_bytes_in + sum(s.dataset_bytes_in for s in streams),
+        )
+
+    def close(self, stream: ReceiveStream) -> None:
+        self.open_streams.discard(stream)
+        self.closed_bytes_in += stream.bytes_in
+        self.closed_dataset_bytes_in += stream.dataset_bytes_in
+
+
 class AssociationAcceptor(asyncio.BufferedProtocol):
-    def __init__(self, config: DimseConfig, limits: AssociationLimits, services: Services) -> None:
+    def __init__(
+        self,
+        config: DimseConfig,
+        limits: AssociationLimits,
+        services: Services,
+        counters: ListenerCounters,
+    ) -> None:
         self._config = config
         self._limits = limits
         self._services = services
+        self._counters = counters
         self._buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._stream = ReceiveStream(
             self._on_control,
@@ -212,6 +259,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         if peer:
             self._host, self._port = peer[0], peer[1]
         context_id.set(self.assoc_id)
+        self._counters.open_streams.add(self._stream)
         log.info("connection opened", extra={"peer": f"{self._host}:{self._port}"})
         # ARTIM (PS3.8 9.1.5): the A-ASSOCIATE-RQ must arrive within the ACSE timeout.
         self._arm(self._config.acse_timeout_s, self._artim_expired)
@@ -252,6 +300,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             self._limits.release(self._host)
             self._admitted = False
         self._state = "Sta1"
+        self._counters.close(self._stream)
         log.info(
             "connection closed",
             extra={"bytes_in": self._stream.bytes_in, "datasets": self._stream.datasets_in},
@@ -286,11 +335,12 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         if rejection is None:
             why = self._limits.acquire(self._host)
             if why is not None:
-                self._limits.rejected += 1
                 rejection = limit_rejection(why)
             else:
                 self._admitted = True
+                self._counters.admitted += 1
         if rejection is not None:
+            self._counters.rejected[rejection.source, rejection.reason] += 1
             log.warning("association rejected", extra={"reason": rejection.why})
             self._send_last(rejection.encode())
             return
@@ -398,6 +448,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         previous: asyncio.Task[None] | None,
     ) -> None:
         """Finish one C-STORE off the receive path and answer it (PS3.7 9.3.1.2)."""
+        started = time.monotonic()
         try:
             status, comment = await operation.finish(dataset)
             if previous is not None:
@@ -418,6 +469,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             comment,
         )
         self._write(p_data_command(context_id, response))
+        self._counters.on_store_answered(time.monotonic() - started, status)
         if self._release_requested and not self._inflight:
             log.info("association released")
             self._send_last(A_RELEASE_RP)
@@ -478,11 +530,11 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
 
 
 async def start_listener(
-    config: DimseConfig, limits: AssociationLimits, services: Services
+    config: DimseConfig, limits: AssociationLimits, services: Services, counters: ListenerCounters
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: AssociationAcceptor(config, limits, services),
+        lambda: AssociationAcceptor(config, limits, services, counters),
         config.host,
         config.port,
         reuse_address=True,

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +52,12 @@ def make_sender(destination: Destination) -> Sender:
 
 
 SenderFactory = Callable[[Destination], Sender]
+SendObserver = Callable[[str, float], None]
+"""Told of each batch sent: (destination name, seconds the sender took)."""
+
+
+def _unobserved(destination: str, seconds: float) -> None:
+    pass
 
 
 def worker_identity() -> str:
@@ -108,8 +115,10 @@ class DestinationRunner:
         storage_root: Path,
         owner: str,
         factory: SenderFactory,
+        on_sent: SendObserver = _unobserved,
     ) -> None:
         self.row = row
+        self._on_sent = on_sent
         self._pool = pool
         self._config = config
         self._root = storage_root
@@ -122,6 +131,7 @@ class DestinationRunner:
             config.backoff_max_s,
         )
         self.circuit = Circuit(config.circuit_failures)
+        self._health_lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Read by the metrics collector.
@@ -154,8 +164,11 @@ class DestinationRunner:
         self.wake.set()
 
     async def _idle(self, timeout: float | None) -> None:
+        # NOTE: asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+        # cancellation that races with the wake-up, and then stop() would hang.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
 
     async def _work(self, n: int) -> None:
         owner = f"{self._owner}/{self.name}/{n}"
@@ -208,12 +221,14 @@ class DestinationRunner:
             )
             for j in claimed
         ]
+        started = time.monotonic()
         try:
             outcomes = await sender.send(items)
         except Exception as exc:
             # NOTE: a sender bug must not lose jobs: they come back, and say why.
             log.exception("forward: sender failed", extra={"destination": self.name})
             outcomes = [Outcome("transient", None, f"sender error: {exc}")] * len(items)
+        self._on_sent(self.name, time.monotonic() - started)
         for item, outcome in zip(items, outcomes, strict=True):
             if outcome.kind != "delivered":
                 log.warning(
@@ -256,10 +271,16 @@ class DestinationRunner:
                 "forward: circuit opened, destination unreachable",
                 extra={"destination": self.name, "failures": self.circuit.failures},
             )
-        with contextlib.suppress(*_DB_ERRORS):
-            async with self._pool.acquire() as conn:
-                await conn.execute(
-                    """
+        # Serialized, and the circuit read at write time: two workers' writes must
+        # not land in the other order and leave the table saying "closed".
+        async with self._health_lock:
+            with contextlib.suppress(*_DB_ERRORS):
+                await self._write_health(ok, failed[-1].message if failed else None)
+
+    async def _write_health(self, ok: bool, error: str | None) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                """
                     UPDATE destinations SET
                         consecutive_failures = $2,
                         circuit_state = CASE WHEN $3 THEN 'open' ELSE 'closed' END,
@@ -269,16 +290,20 @@ class DestinationRunner:
                         last_error = coalesce($5, last_error)
                     WHERE id = $1
                     """,
-                    self.id,
-                    self.circuit.failures,
-                    self.circuit.open,
-                    ok,
-                    failed[-1].message if failed else None,
-                )
+                self.id,
+                self.circuit.failures,
+                self.circuit.open,
+                ok,
+                error,
+            )
 
     async def _probe(self, sender: Sender) -> None:
-        """While the circuit is open: an echo every circuit_probe_s; success closes it."""
-        await self._idle(self._config.circuit_probe_s)
+        """While the circuit is open: an echo every circuit_probe_s; success closes it.
+
+        NOTE: a plain sleep, not the wake event: new jobs keep NOTIFYing while the
+        destination is down, and each would otherwise trigger a probe at once.
+        """
+        await asyncio.sleep(self._config.circuit_probe_s)
         if not self.circuit.open or self.row.paused:
             return
         try:
@@ -310,12 +335,14 @@ class Forwarder:
         storage_root: Path,
         *,
         factory: SenderFactory = make_sender,
+        on_sent: SendObserver | None = None,
     ) -> None:
         self._pool = pool
         self._config = config
         self._box = box
         self._root = storage_root
         self._factory = factory
+        self._on_sent = on_sent or _unobserved
         self.owner = worker_identity()
         self.runners: dict[int, DestinationRunner] = {}
         self._conn: asyncpg.Connection | None = None
@@ -413,6 +440,7 @@ class Forwarder:
                         storage_root=self._root,
                         owner=self.owner,
                         factory=self._factory,
+                        on_sent=self._on_sent,
                     )
                     self.runners[dest_id] = runner
                     runner.start()

@@ -8,7 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 
-from dicomgw.association.acceptor import AssociationLimits, start_listener
+from dicomgw.association.acceptor import (
+    AssociationLimits,
+    ListenerCounters,
+    StoreObserver,
+    start_listener,
+)
 from dicomgw.config import Config
 from dicomgw.errors import DicomGwError
 from dicomgw.forward.rules import RoutingTable
@@ -33,7 +38,9 @@ def index_timeout_s(config: Config) -> float:
 
 
 class Receiver:
-    def __init__(self, config: Config, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, config: Config, pool: asyncpg.Pool, *, on_store_answered: StoreObserver | None = None
+    ) -> None:
         layout = prepare_storage(config.storage_root)
         self._executor = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="commit")
         self.spool = Spool(layout, fsync=config.storage.fsync, executor=self._executor)
@@ -51,6 +58,7 @@ class Receiver:
             router=self.routing.route,
         )
         self.limits = AssociationLimits(config.dimse)
+        self.counters = ListenerCounters(on_store_answered)
         self.service = StorageService(
             self.spool, self.disk, self.batcher, head_bytes=config.index.scan_bytes
         )
@@ -64,7 +72,7 @@ class Receiver:
         await recover(self.spool.layout, self._pool, self.batcher)
         dimse = self._config.dimse
         try:
-            self._server = await start_listener(dimse, self.limits, self.service)
+            self._server = await start_listener(dimse, self.limits, self.service, self.counters)
         except OSError as exc:
             raise DicomGwError(
                 f"cannot listen on dimse.host {dimse.host} port {dimse.port}: "

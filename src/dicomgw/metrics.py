@@ -1,0 +1,321 @@
+"""Prometheus metrics of every role, named ``dicomgw_*`` (docs/metrics.md).
+
+``serve`` runs the receiver and the forwarder in one process and the API in
+Granian worker processes, so the process answering ``GET /metrics`` holds none
+of the receiver's counters. prometheus_client's multiprocess mode joins them:
+``serve`` points PROMETHEUS_MULTIPROC_DIR at an emptied directory before
+prometheus_client is first imported (serve.metrics_dir), every process writes
+its samples to its own mmapped files there, and the API worker answering a
+scrape reads them all (:class:`MultiProcessCollector`); the request histograms
+of several API workers add up the same way. What PostgreSQL holds (queue depth,
+circuit state) the API worker reads at scrape time.
+
+The counters stay where the work is done: the receive streams count bytes in
+C, the storage service, index writer and forward runners in plain attributes.
+:meth:`ServeMetrics.update` copies them into the families once a second. What
+only the event knows is recorded there: a C-STORE's latency and status (once per
+C-STORE answered), a forward batch's latency (once per batch).
+
+No label holds PHI or an identifier (no UID, patient, AE title or address):
+labels are destination names, route templates, fixed reason, outcome and state
+names and status codes, so their number is bounded by the configuration.
+
+API workers import this module: it must not import the compiled core or the
+receiver (those imports are for type checking only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from dicomgw.forward.supervisor import DestinationRunner, Forwarder
+    from dicomgw.receiver.server import Receiver
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UPDATE_INTERVAL_S = 1.0
+QUEUE_STATES = ("pending", "leased", "dead")
+"""The states of jobs still in the queue (done and cancelled ones are history)."""
+
+STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _rejection_reasons() -> dict[tuple[int, int], str]:
+    """A-ASSOCIATE-RJ (source, reason) -> label (PS3.8 9.3.4 Table 9-21)."""
+    # NOTE: imported here, not at the top: API workers import this module and
+    # must not load the association layer (pynetdicom).
+    from dicomgw.association import negotiation as n
+
+    return {
+        (n.SOURCE_SERVICE_USER, n.REASON_APPLICATION_CONTEXT_NOT_SUPPORTED): "application-context",
+        (n.SOURCE_SERVICE_USER, n.REASON_CALLING_AE_NOT_RECOGNIZED): "calling-ae-title",
+        (n.SOURCE_SERVICE_USER, n.REASON_CALLED_AE_NOT_RECOGNIZED): "called-ae-title",
+        (n.SOURCE_PRESENTATION, n.REASON_LOCAL_LIMIT_EXCEEDED): "association-limit",
+    }
+
+
+def _advance(seen: dict[str, float], key: str, counter: Counter, value: float) -> None:
+    """Add to ``counter`` what ``value`` (a source's running total) grew by since
+    the last call with ``key``."""
+    grown = value - seen.get(key, 0)
+    if grown > 0:
+        counter.inc(grown)
+    seen[key] = value
+
+
+class ServeMetrics:
+    """The receiver's and the forwarder's families, in the ``serve`` process.
+
+    ``registry`` None registers them nowhere: in multiprocess mode the samples
+    go to the files regardless, and a second instance (tests) does not clash.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            # NOTE: only this process sets them; "mostrecent" reports its value
+            # without a pid label.
+            return Gauge(name, doc, registry=registry, multiprocess_mode="mostrecent")
+
+        self.associations_active = gauge(
+            "dicomgw_associations_active", "DIMSE associations established now."
+        )
+        self.associations = counter("dicomgw_associations", "DIMSE associations accepted.")
+        self.associations_rejected = counter(
+            "dicomgw_associations_rejected", "A-ASSOCIATE-RJ sent, by reason.", ["reason"]
+        )
+        self.received_bytes = counter(
+            "dicomgw_received_bytes", "PDU bytes received on DIMSE associations."
+        )
+        self.received_dataset_bytes = counter(
+            "dicomgw_received_dataset_bytes", "Data set bytes received in C-STORE requests."
+        )
+        self.instances_received = counter(
+            "dicomgw_instances_received",
+            "Instances acknowledged with Success: stored, or duplicate (identical bytes "
+            "already stored).",
+            ["outcome"],
+        )
+        self.store_failures = counter(
+            "dicomgw_store_failures", "C-STOREs answered with a failure, by status.", ["status"]
+        )
+        self.store_duration = Histogram(
+            "dicomgw_cstore_duration_seconds",
+            "From a C-STORE data set's last byte to its response: fsync, rename, index commit.",
+            ["outcome"],
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        self.index_batches = counter("dicomgw_index_batches", "Index transactions (batches).")
+        self.index_instances = counter("dicomgw_index_instances", "Instances in index batches.")
+        self.index_last_batch_size = gauge(
+            "dicomgw_index_last_batch_size", "Instances in the latest index batch."
+        )
+        self.index_last_batch_duration = gauge(
+            "dicomgw_index_last_batch_duration_seconds", "How long the latest index batch took."
+        )
+        self.disk_free = gauge(
+            "dicomgw_disk_free_bytes", "Bytes available to dicom-gw under storage.root."
+        )
+        self.disk_used = gauge(
+            "dicomgw_disk_used_ratio", "Used share (0-1) of the storage.root file system."
+        )
+        self.disk_refusing = gauge(
+            "dicomgw_disk_refusing",
+            "1 while new instances are refused: above the high watermark, until below the low.",
+        )
+        destination = ["destination"]
+        self.forward_attempts = counter(
+            "dicomgw_forward_attempts", "Instances the forwarder tried to deliver.", destination
+        )
+        self.forward_delivered = counter(
+            "dicomgw_forward_delivered", "Instances delivered.", destination
+        )
+        self.forward_failures = counter(
+            "dicomgw_forward_failures", "Delivery attempts that failed.", destination
+        )
+        self.forward_dead = counter(
+            "dicomgw_forward_dead_letter", "Jobs moved to dead-letter.", destination
+        )
+        self.forward_duration = Histogram(
+            "dicomgw_forward_send_duration_seconds",
+            "How long one batch of jobs took to send (one association or request set).",
+            destination,
+            buckets=SEND_BUCKETS,
+            registry=registry,
+        )
+        self._reasons = _rejection_reasons()
+        self._seen: dict[str, float] = {}
+        # Per runner: a destination's runner is replaced (with new counters) when
+        # its settings change; the old one's totals are already counted.
+        self._runners: weakref.WeakKeyDictionary[DestinationRunner, dict[str, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def observe_store(self, seconds: float, status: int) -> None:
+        """Once per C-STORE answered: the refusals of malformed requests, which
+        the storage service never sees, are failures too."""
+        if status == 0:
+            self.store_duration.labels("success").observe(seconds)
+            return
+        self.store_duration.labels("failure").observe(seconds)
+        self.store_failures.labels(f"0x{status:04X}").inc()
+
+    def observe_send(self, destination: str, seconds: float) -> None:
+        self.forward_duration.labels(destination).observe(seconds)
+
+    def update(self, receiver: Receiver, forwarder: Forwarder) -> None:
+        """Copy the receiver's and the forwarder's counters into the families."""
+        self._update_receiver(receiver)
+        for runner in list(forwarder.runners.values()):
+            self._update_runner(runner)
+
+    def _update_receiver(self, receiver: Receiver) -> None:
+        seen, counters, service = self._seen, receiver.counters, receiver.service
+        self.associations_active.set(receiver.limits.active)
+        _advance(seen, "admitted", self.associations, counters.admitted)
+        for (source, reason), n in list(counters.rejected.items()):
+            label = self._reasons.get((source, reason), f"source-{source}-reason-{reason}")
+            _advance(seen, f"rejected:{label}", self.associations_rejected.labels(label), n)
+        pdu_bytes, dataset_bytes = counters.received()
+        _advance(seen, "bytes", self.received_bytes, pdu_bytes)
+        _advance(seen, "dataset_bytes", self.received_dataset_bytes, dataset_bytes)
+        stored = self.instances_received.labels("stored")
+        _advance(seen, "stored", stored, service.stored)
+        duplicate = self.instances_received.labels("duplicate")
+        _advance(seen, "duplicates", duplicate, service.duplicates)
+        batcher = receiver.batcher
+        _advance(seen, "batches", self.index_batches, batcher.batches)
+        _advance(seen, "indexed", self.index_instances, batcher.instances)
+        self.index_last_batch_size.set(batcher.last_batch_size)
+        self.index_last_batch_duration.set(batcher.last_batch_seconds)
+        disk = receiver.disk
+        disk.accepting()  # measures again if its last look is stale
+        self.disk_free.set(disk.free_bytes)
+        self.disk_used.set(disk.used_percent / 100)
+        self.disk_refusing.set(disk.refusing)
+
+    def _update_runner(self, runner: DestinationRunner) -> None:
+        seen = self._runners.setdefault(runner, {})
+        name = runner.name
+        attempts = runner.delivered + runner.failed
+        _advance(seen, "attempts", self.forward_attempts.labels(name), attempts)
+        _advance(seen, "delivered", self.forward_delivered.labels(name), runner.delivered)
+        _advance(seen, "failed", self.forward_failures.labels(name), runner.failed)
+        _advance(seen, "dead", self.forward_dead.labels(name), runner.dead)
+
+    async def keep_updated(
+        self, receiver: Receiver, forwarder: Forwarder, interval_s: float = UPDATE_INTERVAL_S
+    ) -> None:
+        failing = False
+        while True:
+            try:
+                self.update(receiver, forwarder)
+                failing = False
+            except Exception:
+                # NOTE: a metrics bug must cost the metrics, never the gateway;
+                # logged once, not every second.
+                if not failing:
+                    log.exception("metrics: update failed")
+                failing = True
+            await asyncio.sleep(interval_s)
+
+
+# -- the API side -----------------------------------------------------------------------
+
+QUEUE_SQL = """
+SELECT d.name, s.state, count(j.id) AS jobs,
+       coalesce(extract(epoch FROM now() - min(j.created_at)), 0)::float8 AS oldest_s
+FROM destinations d
+CROSS JOIN unnest($1::text[]) AS s(state)
+LEFT JOIN forward_jobs j ON j.destination_id = d.id AND j.state = s.state
+GROUP BY d.name, s.state
+ORDER BY d.name, s.state
+"""
+
+CIRCUIT_SQL = "SELECT name, circuit_state = 'open' AS open FROM destinations ORDER BY name"
+
+
+async def database_families(conn: asyncpg.Connection) -> list[Metric]:
+    """Queue depth and age per destination and state, and circuit state: what
+    PostgreSQL holds, read at scrape time (one row per destination and state)."""
+    jobs = GaugeMetricFamily(
+        "dicomgw_queue_jobs",
+        "Forward jobs waiting (pending), being sent (leased) or dead-lettered.",
+        labels=["destination", "state"],
+    )
+    oldest = GaugeMetricFamily(
+        "dicomgw_queue_oldest_age_seconds",
+        "Age of the oldest job in that state (0: none).",
+        labels=["destination", "state"],
+    )
+    for row in await conn.fetch(QUEUE_SQL, list(QUEUE_STATES)):
+        jobs.add_metric([row["name"], row["state"]], row["jobs"])
+        oldest.add_metric([row["name"], row["state"]], row["oldest_s"])
+    circuit = GaugeMetricFamily(
+        "dicomgw_forward_circuit_open",
+        "1 while the destination's circuit breaker is open (it is probed, not sent to).",
+        labels=["destination"],
+    )
+    for row in await conn.fetch(CIRCUIT_SQL):
+        circuit.add_metric([row["name"]], float(row["open"]))
+    return [jobs, oldest, circuit]
+
+
+def database_up(up: bool) -> Metric:
+    return GaugeMetricFamily(
+        "dicomgw_database_up",
+        "1 if this scrape could read the queue and circuit state from PostgreSQL.",
+        value=float(up),
+    )
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+class ApiMetrics:
+    """An API worker's own families, and the exposition a scrape gets."""
+
+    def __init__(self) -> None:
+        # NOTE: registered nowhere global: create_app may run more than once in a process.
+        self.request_duration = Histogram(
+            "dicomgw_api_request_duration_seconds",
+            "API requests by method, route template and status code.",
+            ["method", "route", "status"],
+            buckets=API_BUCKETS,
+            registry=None,
+        )
+
+    def exposition(self, database: Iterable[Metric]) -> bytes:
+        """Every process's families (multiprocess mode, under ``serve``), or only
+        this one's (an API run on its own, tests), plus ``database``."""
+        registry = CollectorRegistry()
+        directory = os.environ.get(MULTIPROC_DIR_ENV)
+        if directory:
+            MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+        else:
+            registry.register(self.request_duration)
+        registry.register(_Families(database))
+        return generate_latest(registry)
