@@ -35,7 +35,7 @@ import measure
 import receivers
 import senders
 import store_bench
-from receivers import BENCH_DIR, REPO, DicomGw, ReceiverFailed, Running, StoreScpSink
+from receivers import BENCH_DIR, DicomGw, ReceiverFailed, Running, StoreScpSink
 from senders import SenderFailed, Sent
 from sets import SETS, GeneratedSet, ensure_set, spec_for
 
@@ -520,16 +520,9 @@ def machine(args: argparse.Namespace) -> dict[str, object]:
 
 
 def parse_args() -> argparse.Namespace:
-    default_python = REPO / ".venv" / "bin" / "python"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sets", default="ct,mr,big", help=f"from {','.join(SETS)}")
     p.add_argument("--sinks", default=",".join(SINKS), help=f"from {','.join(SINKS)}")
     p.add_argument("--senders", default=",".join(SENDERS), help=f"from {','.join(SENDERS)}")
-    p.add_argument("--parallel", default="1,4", help="associations per run, comma-separated")
-    p.add_argument("--count", type=int, help="instances in ct and mr (default 1000)")
-    p.add_argument("--big-count", type=int, help="instances in big (default 4)")
-    p.add_argument("--frames", type=int, help="frames per big instance (default 200)")
-    p.add_argument("--pdu", type=int, default=131072, help="max receive PDU of sinks and senders")
     p.add_argument("--batch", type=int, default=32, help="items per DimseSender.send()")
     p.add_argument(
         "--e2e",
@@ -549,16 +542,7 @@ def parse_args() -> argparse.Namespace:
         default=2,
         help="the gateway's max_parallel for its destination (end to end)",
     )
-    p.add_argument("--cache", type=Path, default=BENCH_ROOT / "sets")
-    p.add_argument("--workdir", type=Path, default=BENCH_ROOT / "forward-runs")
-    p.add_argument("--out", type=Path, default=BENCH_ROOT / "forward-results.json")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each; report the fastest")
-    p.add_argument("--keep", action="store_true", help="keep each run's logs and storage")
-    p.add_argument(
-        "--dicomgw-python",
-        default=str(default_python) if default_python.exists() else sys.executable,
-    )
-    p.add_argument("--pynetdicom-python", default=sys.executable)
+    store_bench.add_common_arguments(p, "forward-runs", "forward-results.json")
     args = p.parse_args()
     for option, given, known in (
         ("--sinks", args.sinks, SINKS),

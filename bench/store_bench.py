@@ -268,11 +268,11 @@ def machine(chosen: list[Receiver]) -> dict[str, object]:
     }
 
 
-def parse_args() -> argparse.Namespace:
+def add_common_arguments(p: argparse.ArgumentParser, runs: str, results: str) -> None:
+    """The options every benchmark here shares: sets, sizes, PDU, where things go,
+    repeats, and which Pythons run dicomgw and pynetdicom."""
     default_python = REPO / ".venv" / "bin" / "python"
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", default="ct,mr,big", help=f"from {','.join(SETS)}")
-    p.add_argument("--receivers", default="dicomgw,storescp,pynetdicom,orthanc")
     p.add_argument("--parallel", default="1,4", help="associations per run, comma-separated")
     p.add_argument("--count", type=int, help="instances in ct and mr (default 1000)")
     p.add_argument("--big-count", type=int, help="instances in big (default 4)")
@@ -281,11 +281,11 @@ def parse_args() -> argparse.Namespace:
         "--pdu",
         type=int,
         default=131072,
-        help="max receive PDU for every receiver and storescu (DCMTK's maximum)",
+        help="max receive PDU of every peer, and of storescu (DCMTK's maximum)",
     )
     p.add_argument("--cache", type=Path, default=BENCH_ROOT / "sets")
-    p.add_argument("--workdir", type=Path, default=BENCH_ROOT / "runs")
-    p.add_argument("--out", type=Path, default=BENCH_ROOT / "results.json")
+    p.add_argument("--workdir", type=Path, default=BENCH_ROOT / runs)
+    p.add_argument("--out", type=Path, default=BENCH_ROOT / results)
     p.add_argument("--repeat", type=int, default=1, help="runs of each; report the fastest")
     p.add_argument("--keep", action="store_true", help="keep each run's storage and logs")
     p.add_argument(
@@ -293,6 +293,12 @@ def parse_args() -> argparse.Namespace:
         default=str(default_python) if default_python.exists() else sys.executable,
     )
     p.add_argument("--pynetdicom-python", default=sys.executable)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--receivers", default="dicomgw,storescp,pynetdicom,orthanc")
+    add_common_arguments(p, "runs", "results.json")
     return p.parse_args()
 
 

@@ -8,9 +8,11 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
+from dicomgw.config import Config, load_config
 from dicomgw.forward.rules import RoutingTable
 from dicomgw.index.batcher import IndexBatcher, init_connection
 from dicomgw.index.records import InstanceRecord
@@ -54,6 +56,33 @@ def record(
         instance_number=n,
         number_of_frames=None,
     )
+
+
+# The documented example's destinations (docs/forwarding.md), for tests to add
+# routes (and keys) to.
+DESTINATIONS = """
+destinations:
+  - name: pacs1
+    type: dimse
+    ae_title: STORESCP
+    host: 127.0.0.1
+    port: 11113
+  - name: cloud
+    type: stowrs
+    url: http://127.0.0.1:8042/dicom-web
+"""
+EVERYTHING_TO_PACS1 = """
+  - name: everything-to-pacs1
+    match: {}
+    destinations: [pacs1]
+"""
+
+
+def declared_config(state_dir: Path, yaml_text: str) -> Config:
+    """A config from ``yaml_text`` (destinations, routes) with its state in ``state_dir``."""
+    path = state_dir / "config.yaml"
+    path.write_text(yaml_text)
+    return load_config(str(path), env={"DICOMGW_STATE_DIR": str(state_dir)})
 
 
 async def _same_content(_stored: str, _new: str, _size: int) -> bool:

@@ -17,7 +17,6 @@ import asyncpg
 import msgspec
 import pytest
 
-from dicomgw.config import Config, load_config
 from dicomgw.db import migrate
 from dicomgw.db.channels import JOBS
 from dicomgw.forward.delivery import Outcome
@@ -28,37 +27,27 @@ from dicomgw.index.batcher import IndexBatcher
 from dicomgw.index.records import InstanceRecord
 from dicomgw.queue import jobs
 from dicomgw.queue.jobs import RetryPolicy
-from tests.records import indexing, record
+from tests.records import (
+    DESTINATIONS,
+    EVERYTHING_TO_PACS1,
+    declared_config,
+    indexing,
+    record,
+)
 
 POLICY = RetryPolicy(max_attempts=3, permanent_attempts=2, backoff_initial_s=60, backoff_max_s=600)
 
 
-def config(tmp_path: Path, yaml_text: str) -> Config:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml_text)
-    return load_config(str(path), env={"DICOMGW_STATE_DIR": str(tmp_path)})
-
-
-BASE = """
-destinations:
-  - name: pacs1
-    type: dimse
-    ae_title: STORESCP
-    host: 127.0.0.1
-    port: 11113
-  - name: cloud
-    type: stowrs
-    url: http://127.0.0.1:8042/dicom-web
-    auth: bearer
+BASE = (
+    DESTINATIONS
+    + """    auth: bearer
     token: s3cret-token
 routes:
   - name: ct-to-cloud
     match: {modality: CT}
-    destinations: [cloud]
-  - name: everything-to-pacs1
-    match: {}
-    destinations: [pacs1]
-"""
+    destinations: [cloud]"""
+    + EVERYTHING_TO_PACS1
+)
 
 
 @dataclass
@@ -84,7 +73,7 @@ async def env(empty_db: str, tmp_path: Path) -> AsyncIterator[Env]:
     box = SecretBox.open(tmp_path)
     conn = await asyncpg.connect(empty_db)
     try:
-        await apply_declared(conn, config(tmp_path, BASE), box)
+        await apply_declared(conn, declared_config(tmp_path, BASE), box)
     finally:
         await conn.close()
     async with indexing(empty_db) as writer:
@@ -134,7 +123,7 @@ async def test_new_jobs_notify_their_destination(env: Env) -> None:
 async def test_rule_changes_apply_without_restart(env: Env, tmp_path: Path) -> None:
     changed = BASE.replace("match: {modality: CT}", "match: {modality: [MR, re:^U]}")
     async with env.pool.acquire() as conn:
-        await apply_declared(conn, config(tmp_path, changed), env.box)
+        await apply_declared(conn, declared_config(tmp_path, changed), env.box)
     for _ in range(50):
         if any(
             r.name == "ct-to-cloud" and r.conditions and r.conditions[0][1]("US")
@@ -254,7 +243,7 @@ async def test_study_granularity_holds_the_group_until_quiet(env: Env, tmp_path:
         "    granularity: study\n    quiet_period_s: 600",
     )
     async with env.pool.acquire() as conn:
-        await apply_declared(conn, config(tmp_path, held), env.box)
+        await apply_declared(conn, declared_config(tmp_path, held), env.box)
     for _ in range(50):
         if any(r.granularity == "study" for r in env.routing.rules):
             break
@@ -290,7 +279,7 @@ async def test_undeclared_destinations_are_disabled_and_routes_deleted(
     )
     await env.index(record(1))
     async with env.pool.acquire() as conn:
-        await apply_declared(conn, config(tmp_path, only_pacs), env.box)
+        await apply_declared(conn, declared_config(tmp_path, only_pacs), env.box)
         enabled = dict(await conn.fetch("SELECT name, enabled FROM destinations"))
         rules = [r["name"] for r in await conn.fetch("SELECT name FROM routing_rules")]
     assert enabled == {"pacs1": True, "cloud": False}

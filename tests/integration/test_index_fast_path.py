@@ -18,7 +18,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dicomgw.config import load_config
 from dicomgw.db import migrate
 from dicomgw.forward.destinations import apply_declared
 from dicomgw.forward.rules import Rule, load_rules, route
@@ -33,28 +32,18 @@ from dicomgw.index.batcher import (
     init_connection,
 )
 from dicomgw.index.records import InstanceRecord, JobRoute
-from tests.records import record
+from tests.records import DESTINATIONS, EVERYTHING_TO_PACS1, declared_config, record
 
-ROUTES = """
-destinations:
-  - name: pacs1
-    type: dimse
-    ae_title: STORESCP
-    host: 127.0.0.1
-    port: 11113
-  - name: cloud
-    type: stowrs
-    url: http://127.0.0.1:8042/dicom-web
-routes:
+ROUTES = (
+    DESTINATIONS
+    + """routes:
   - name: ct-to-cloud
     match: {modality: CT}
     destinations: [cloud]
     granularity: study
-    quiet_period_s: 600
-  - name: everything-to-pacs1
-    match: {}
-    destinations: [pacs1]
-"""
+    quiet_period_s: 600"""
+    + EVERYTHING_TO_PACS1
+)
 
 # Rows compared between the two paths: everything but now() columns, which
 # forward_jobs keeps only as due_at relative to its last update.
@@ -145,9 +134,7 @@ async def make_index(pg_server: str, tmp_path: Path) -> AsyncIterator[IndexFacto
         pool = await asyncpg.create_pool(
             dsn, min_size=1, max_size=4, init=init, server_settings=server_settings
         )
-        config_path = tmp_path / "config.yaml"
-        config_path.write_text(ROUTES)
-        config = load_config(str(config_path), env={"DICOMGW_STATE_DIR": str(tmp_path)})
+        config = declared_config(tmp_path, ROUTES)
         async with pool.acquire() as conn:
             await apply_declared(conn, config, SecretBox.open(tmp_path))
             rules: list[Rule] = await load_rules(conn)

@@ -11,6 +11,7 @@ import yaml
 
 from dicomgw.config import Config, DimseDestination, StowDestination, load_config, redacted
 from dicomgw.errors import ConfigError
+from tests.records import DESTINATIONS, EVERYTHING_TO_PACS1
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -229,21 +230,7 @@ def _key_paths(struct: type[msgspec.Struct], prefix: str = "") -> list[str]:
     return keys
 
 
-DECLARED = """
-destinations:
-  - name: pacs1
-    type: dimse
-    ae_title: STORESCP
-    host: 127.0.0.1
-    port: 11113
-  - name: cloud
-    type: stowrs
-    url: http://127.0.0.1:8042/dicom-web
-routes:
-  - name: everything-to-pacs1
-    match: {}
-    destinations: [pacs1]
-"""
+DECLARED = DESTINATIONS + "routes:" + EVERYTHING_TO_PACS1
 
 
 def test_documented_destinations_example_loads(tmp_path: Path) -> None:
