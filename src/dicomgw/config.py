@@ -112,8 +112,21 @@ class DimseConfig(_Section, frozen=True):
     """Empty: Verification, every storage SOP class and unknown (private) ones."""
     accepted_transfer_syntaxes: tuple[UID, ...] = ()
     """Empty: any; otherwise accepted in this order of preference."""
+    tls_port: Port | None = None
+    """DICOM TLS listener (PS3.15 BCP 195) beside the plain one; 2762 is the port
+    IANA registered for DICOM over TLS. Unset: no TLS listener."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) of the TLS listener; unset: ``<tls.dir>/https.crt``."""
+    tls_key_file: str | None = None
+    """Its unencrypted PEM key; unset: ``<tls.dir>/https.key``."""
+    tls_client_ca_file: str | None = None
+    """Set: peers must present a certificate issued by these CAs (mutual TLS)."""
 
     def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file are set together, or neither")
+        if self.tls_port is not None and self.tls_port == self.port:
+            raise ValueError(f"tls_port ({self.tls_port}) must differ from port")
         if self.max_associations_per_peer > self.max_associations:
             raise ValueError(
                 f"max_associations_per_peer ({self.max_associations_per_peer}) must be <= "
@@ -269,16 +282,38 @@ class ApiConfig(_Section, frozen=True):
     metrics_networks: tuple[str, ...] = ()
     """Client addresses or networks (CIDR) GET /metrics answers without the token.
     With neither set, GET /metrics answers nobody."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Reverse proxies (addresses or CIDR) whose ``X-Forwarded-For`` names the client,
+    for login throttling and the audit log."""
+    webui_dir: str | None = None
+    """The built web UI, served at ``/``; unset: ``webui/dist`` of a source checkout,
+    or ``<prefix>/share/dicom-gw/webui`` of an installed package, when present."""
 
     def __post_init__(self) -> None:
-        for network in self.metrics_networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"metrics_networks: '{network}' is not an IP address or network "
-                    "(e.g. 10.0.5.0/24)"
-                ) from None
+        for key, networks in (
+            ("metrics_networks", self.metrics_networks),
+            ("trusted_proxies", self.trusted_proxies),
+        ):
+            for network in networks:
+                try:
+                    ipaddress.ip_network(network, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{key}: '{network}' is not an IP address or network (e.g. 10.0.5.0/24)"
+                    ) from None
+
+
+class TlsConfig(_Section, frozen=True):
+    dir: str | None = None
+    """Where ``dicom-gw tls`` installs the HTTPS certificate (``https.crt``, full
+    chain) and key (``https.key``); unset: ``<state_dir>/tls``."""
+    reload_command: str = "systemctl reload nginx"
+    """Run after a certificate is installed; empty: none."""
+    acme_webroot: str | None = None
+    """certbot's webroot (nginx serves ``/.well-known/acme-challenge/`` from it);
+    unset: ``<state_dir>/acme``."""
+    expiry_warning_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 30
+    """A certificate that expires within this many days is warned about."""
 
 
 class LoggingConfig(_Section, frozen=True):
@@ -295,6 +330,7 @@ class Config(_Section, frozen=True):
     index: IndexConfig = msgspec.field(default_factory=IndexConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     forwarder: ForwarderConfig = msgspec.field(default_factory=ForwarderConfig)
     destinations: tuple[Destination, ...] = ()
     """Declared destinations, applied to the database at start (by name)."""
@@ -308,6 +344,14 @@ class Config(_Section, frozen=True):
     @property
     def storage_root(self) -> Path:
         return Path(self.storage.root) if self.storage.root else self.state_path / "storage"
+
+    @property
+    def tls_dir(self) -> Path:
+        return Path(self.tls.dir) if self.tls.dir else self.state_path / "tls"
+
+    @property
+    def acme_webroot(self) -> Path:
+        return Path(self.tls.acme_webroot) if self.tls.acme_webroot else self.state_path / "acme"
 
     @property
     def embedded_pg_dir(self) -> Path:
