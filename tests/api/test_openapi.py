@@ -1,4 +1,5 @@
-"""docs/openapi.yaml describes exactly the routes, methods and roles the app serves."""
+"""The OpenAPI document (package data, linked from docs/openapi.yaml) describes
+exactly the routes, methods and roles the app serves."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from openapi_spec_validator import validate
 
 from dicomgw.api.app import PREFIX, create_app
 from dicomgw.api.auth import PUBLIC, ROLES_ATTRIBUTE
+from dicomgw.api.resources.openapi import spec_bytes
 from dicomgw.config import load_config
+from tests.api.conftest import Client
 
 SPEC = Path(__file__).parents[2] / "docs" / "openapi.yaml"
+"""What readers of docs/ open: one file with what the API serves (test_docs_link_to_it)."""
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -53,3 +57,16 @@ def test_spec_matches_the_routes_and_roles() -> None:
         key: (frozenset({PUBLIC}) if PUBLIC in roles else roles) for key, roles in served().items()
     }
     assert documented == actual
+
+
+def test_docs_link_to_the_served_spec() -> None:
+    assert SPEC.is_symlink()
+    assert SPEC.read_bytes() == spec_bytes()
+
+
+def test_the_gateway_serves_it_to_anyone(anonymous: Client) -> None:
+    resp = anonymous.get("/openapi.yaml")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/yaml"
+    assert resp.content == spec_bytes()
+    assert yaml.safe_load(resp.content)["openapi"] == "3.1.0"

@@ -24,6 +24,7 @@ from dicomgw.api.resources import (
     destinations,
     metrics,
     mfa,
+    openapi,
     queue,
     rules,
     stats,
@@ -66,6 +67,7 @@ ROUTES: tuple[RouteAdder, ...] = (
     queue.add_routes,
     studies.add_routes,
     metrics.add_routes,
+    openapi.add_routes,
 )
 """Every group of routes the API serves; each resource module contributes one."""
 
