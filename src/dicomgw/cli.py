@@ -57,12 +57,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from dicomgw import serve
+
+    config = _config(args)
+    _setup_logging(config)
+    serve.run_receiver(config)
+    return 0
+
+
 def cmd_forwarder(args: argparse.Namespace) -> int:
     from dicomgw import serve
 
     config = _config(args)
     _setup_logging(config)
     serve.run_forwarder(config)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from dicomgw import serve
+
+    config = _config(args)
+    _setup_logging(config)
+    serve.run_api(config, args.config or default_config_file(os.environ))
     return 0
 
 
@@ -265,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add(sub, "serve", cmd_serve, "run the gateway: DIMSE receiver, forwarder, API, database")
+    add(sub, "receiver", cmd_receiver, "run only the DIMSE receiver (migrates the schema)")
     add(sub, "forwarder", cmd_forwarder, "run only the forwarder (on a running database)")
+    add(sub, "api", cmd_api, "run only the management API (on a running database)")
 
     rules = sub.add_parser("rules", help="routing rules", description="Routing rule commands.")
     rules_sub = rules.add_subparsers(

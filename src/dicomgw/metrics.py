@@ -1,10 +1,11 @@
 """Prometheus metrics of every role, named ``dicomgw_*`` (docs/metrics.md).
 
 ``serve`` runs the receiver and the forwarder in one process and the API in
-Granian worker processes, so the process answering ``GET /metrics`` holds none
-of the receiver's counters. prometheus_client's multiprocess mode joins them:
-``serve`` points PROMETHEUS_MULTIPROC_DIR at an emptied directory before
-prometheus_client is first imported (serve.metrics_dir), every process writes
+Granian worker processes (or each role runs alone: ``dicom-gw receiver`` ...),
+so the process answering ``GET /metrics`` holds none of the receiver's
+counters. prometheus_client's multiprocess mode joins them: each process points
+PROMETHEUS_MULTIPROC_DIR at <state_dir>/metrics before prometheus_client is
+first imported (serve.metrics_dir), every process writes
 its samples to its own mmapped files there, and the API worker answering a
 scrape reads them all (:class:`MultiProcessCollector`); the request histograms
 of several API workers add up the same way. What PostgreSQL holds (queue depth,
@@ -181,11 +182,14 @@ class ServeMetrics:
     def observe_send(self, destination: str, seconds: float) -> None:
         self.forward_duration.labels(destination).observe(seconds)
 
-    def update(self, receiver: Receiver, forwarder: Forwarder) -> None:
-        """Copy the receiver's and the forwarder's counters into the families."""
-        self._update_receiver(receiver)
-        for runner in list(forwarder.runners.values()):
-            self._update_runner(runner)
+    def update(self, receiver: Receiver | None, forwarder: Forwarder | None) -> None:
+        """Copy the counters of the receiver and the forwarder (those this
+        process runs) into the families."""
+        if receiver is not None:
+            self._update_receiver(receiver)
+        if forwarder is not None:
+            for runner in list(forwarder.runners.values()):
+                self._update_runner(runner)
 
     def _update_receiver(self, receiver: Receiver) -> None:
         seen, counters, service = self._seen, receiver.counters, receiver.service
@@ -222,7 +226,10 @@ class ServeMetrics:
         _advance(seen, "dead", self.forward_dead.labels(name), runner.dead)
 
     async def keep_updated(
-        self, receiver: Receiver, forwarder: Forwarder, interval_s: float = UPDATE_INTERVAL_S
+        self,
+        receiver: Receiver | None,
+        forwarder: Forwarder | None,
+        interval_s: float = UPDATE_INTERVAL_S,
     ) -> None:
         failing = False
         while True:

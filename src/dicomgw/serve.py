@@ -1,4 +1,6 @@
-"""``dicom-gw serve``: the all-in-one supervisor.
+"""The gateway's processes: ``dicom-gw serve`` (all-in-one) and the roles it
+combines, each of which can also run alone under systemd (``dicom-gw receiver``,
+``forwarder``, ``api``; deploy/systemd).
 
 Order matters: lock the state dir, prepare storage, start (or use) PostgreSQL,
 migrate, then open the DIMSE port and start the API; on SIGTERM/SIGINT close
@@ -16,6 +18,8 @@ import os
 import shutil
 import signal
 import sys
+import time
+from collections.abc import Iterator
 
 import asyncpg
 import msgspec
@@ -35,56 +39,70 @@ from dicomgw.receiver.server import Receiver
 from dicomgw.statedir import StateDirLock
 from dicomgw.stats import rollup_forever
 from dicomgw.storage.layout import prepare_storage
+from dicomgw.systemd import notify
 
 log = logging.getLogger(__name__)
 
+API_START_TIMEOUT_S = 60.0
 API_STOP_TIMEOUT_S = 10.0
 METRICS_DIR = "metrics"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def run(config: Config, config_file: str | None) -> None:
+    """``dicom-gw serve``: receiver, forwarder and API over one database, which
+    is the embedded one (started, or an orphan adopted) unless a DSN is set."""
+    with _state_dir_locked(config):
+        metrics_dir(config, exclusive=True)
+        prepare_storage(config.storage_root)
+        with _live(config, adopt=True, upgrade=config.database.upgrade_on_start) as live:
+            uvloop.run(_serve(live, config_file))
+
+
+def run_receiver(config: Config) -> None:
+    """``dicom-gw receiver``: the DIMSE listener, spool and index writer. One per
+    state directory (it holds the lock, as ``serve`` does); it migrates the
+    schema, so the other roles start after it (deploy/systemd)."""
+    with _state_dir_locked(config):
+        metrics_dir(config, exclusive=False)
+        prepare_storage(config.storage_root)
+        with _live(config, adopt=False, upgrade=config.database.upgrade_on_start) as live:
+            uvloop.run(_receive_only(live))
+
+
+def run_forwarder(config: Config) -> None:
+    """``dicom-gw forwarder``: only the forwarder, on a database that ``serve`` or
+    ``receiver`` (or an operator) set up; several may run against one database."""
+    metrics_dir(config, exclusive=False)
+    with _live(config, adopt=False, upgrade=False) as live:
+        uvloop.run(_forward_only(live))
+
+
+def run_api(config: Config, config_file: str | None) -> None:
+    """``dicom-gw api``: Granian with ``api.workers`` workers, supervised here."""
+    metrics_dir(config, exclusive=False)
+    with _live(config, adopt=False, upgrade=False) as live:
+        uvloop.run(_api_only(live, config_file))
+
+
+@contextlib.contextmanager
+def _state_dir_locked(config: Config) -> Iterator[None]:
     lock = StateDirLock(config.state_path)
     lock.acquire()
     try:
-        metrics_dir(config)
-        prepare_storage(config.storage_root)
-        with database(config, adopt=True) as dsn:
-            ensure_schema(dsn, upgrade=config.database.upgrade_on_start)
-            live = msgspec.structs.replace(
-                config, database=msgspec.structs.replace(config.database, dsn=dsn)
-            )
-            uvloop.run(_serve(live, config_file))
+        yield
     finally:
         lock.release()
 
 
-def run_forwarder(config: Config) -> None:
-    """``dicom-gw forwarder``: only the forwarder, on a database that ``serve`` (or
-    an operator) set up; several may run against one database."""
-    with database(config, adopt=False) as dsn:
-        ensure_schema(dsn, upgrade=False)
-        live = msgspec.structs.replace(
+@contextlib.contextmanager
+def _live(config: Config, *, adopt: bool, upgrade: bool) -> Iterator[Config]:
+    """The config with the DSN of the database in use, its schema checked."""
+    with database(config, adopt=adopt) as dsn:
+        ensure_schema(dsn, upgrade=upgrade)
+        yield msgspec.structs.replace(
             config, database=msgspec.structs.replace(config.database, dsn=dsn)
         )
-        uvloop.run(_forward_only(live))
-
-
-async def _forward_only(config: Config) -> None:
-    pool = await create_pool(config.database.dsn or "", config.database)
-    try:
-        forwarder = await start_forwarder(config, pool)
-        log.info("dicom-gw forwarder running", extra={"owner": forwarder.owner})
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("stopping")
-        await forwarder.close()
-    finally:
-        await pool.close()
-    log.info("stopped")
 
 
 def ensure_schema(dsn: str, *, upgrade: bool) -> None:
@@ -99,32 +117,47 @@ def ensure_schema(dsn: str, *, upgrade: bool) -> None:
         )
 
 
-def metrics_dir(config: Config) -> None:
-    """Multiprocess metrics (dicomgw.metrics): serve and its API workers (which
-    inherit the environment) write their samples under <state_dir>/metrics,
-    emptied here so that a previous run's processes are not counted.
+def metrics_dir(config: Config, *, exclusive: bool) -> None:
+    """Multiprocess metrics (dicomgw.metrics): every process writes its samples
+    under <state_dir>/metrics (API workers inherit the environment). ``serve``
+    owns them all and empties the directory; a role run on its own
+    (``exclusive=False``) removes only the files of processes that are gone,
+    so that a previous run is not counted and the other roles' files stay.
 
     NOTE: prometheus_client picks its mode when first imported, so this runs
-    before anything imports it; _serve imports dicomgw.metrics afterwards.
+    before anything imports it; the roles import dicomgw.metrics afterwards.
     """
     if "prometheus_client" in sys.modules:
         raise DicomGwError("internal: prometheus_client was imported before its directory was set")
     directory = config.state_path / METRICS_DIR
     try:
-        if directory.exists():
+        if exclusive and directory.exists():
             shutil.rmtree(directory)
-        directory.mkdir(mode=0o700)
-    except OSError as exc:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for path in directory.glob("*.db"):
+            if not _alive(int(path.stem.rsplit("_", 1)[-1])):
+                path.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
         raise DicomGwError(
-            f"cannot empty '{directory}' (the metrics of the previous run): {exc.strerror}; "
-            "remove it"
+            f"cannot clean up '{directory}' (the metrics of previous runs): {exc}; remove it"
         ) from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def _serve(config: Config, config_file: str | None) -> None:
     from dicomgw.metrics import ServeMetrics  # NOTE: only after metrics_dir()
 
+    stop = _stop_on_signals()
     metrics = ServeMetrics()
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
     await _first_admin(pool)
@@ -140,36 +173,119 @@ async def _serve(config: Config, config_file: str | None) -> None:
     rollups = asyncio.create_task(rollup_forever(pool), name="stats-rollup")
     updater = asyncio.create_task(metrics.keep_updated(receiver, forwarder), name="metrics")
     api = await _start_api(config, config_file)
-    log.info(
-        "dicom-gw serving",
-        extra={
-            "dimse": f"{config.dimse.host}:{config.dimse.port}",
-            "ae_title": config.dimse.ae_title,
-            "api": f"http://{config.api.host}:{config.api.port}",
-            "state_dir": config.state_dir,
-        },
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    api_exit = asyncio.ensure_future(api.wait())
-    stopper = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({api_exit, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if api_exit.done():
-            raise DicomGwError(f"the API server exited with status {api.returncode}")
-        log.info("stopping")
+        await _wait_api_listening(config, api)
+        log.info(
+            "dicom-gw serving",
+            extra={
+                "dimse": f"{config.dimse.host}:{config.dimse.port}",
+                "ae_title": config.dimse.ae_title,
+                "api": f"http://{config.api.host}:{config.api.port}",
+                "state_dir": config.state_dir,
+            },
+        )
+        await _until_stopped(stop, api)
     finally:
-        stopper.cancel()
         rollups.cancel()
         updater.cancel()
         await receiver.close()
         await forwarder.close()
         await _stop_api(api)
-        api_exit.cancel()
         await pool.close()
         log.info("stopped")
+
+
+async def _receive_only(config: Config) -> None:
+    from dicomgw.metrics import ServeMetrics  # NOTE: only after metrics_dir()
+
+    stop = _stop_on_signals()
+    metrics = ServeMetrics()
+    pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
+    receiver = Receiver(config, pool, on_store_answered=metrics.observe_store)
+    try:
+        await receiver.start()
+        rollups = asyncio.create_task(rollup_forever(pool), name="stats-rollup")
+        updater = asyncio.create_task(metrics.keep_updated(receiver, None), name="metrics")
+        try:
+            log.info(
+                "dicom-gw receiver running",
+                extra={"dimse": f"{config.dimse.host}:{config.dimse.port}"},
+            )
+            await _until_stopped(stop)
+        finally:
+            rollups.cancel()
+            updater.cancel()
+    finally:
+        await receiver.close()
+        await pool.close()
+        log.info("stopped")
+
+
+async def _forward_only(config: Config) -> None:
+    from dicomgw.metrics import ServeMetrics  # NOTE: only after metrics_dir()
+
+    stop = _stop_on_signals()
+    metrics = ServeMetrics()
+    pool = await create_pool(config.database.dsn or "", config.database)
+    try:
+        forwarder = await start_forwarder(config, pool, on_sent=metrics.observe_send)
+        updater = asyncio.create_task(metrics.keep_updated(None, forwarder), name="metrics")
+        try:
+            log.info("dicom-gw forwarder running", extra={"owner": forwarder.owner})
+            await _until_stopped(stop)
+        finally:
+            updater.cancel()
+            await forwarder.close()
+    finally:
+        await pool.close()
+    log.info("stopped")
+
+
+async def _api_only(config: Config, config_file: str | None) -> None:
+    stop = _stop_on_signals()
+    pool = await create_pool(config.database.dsn or "", config.database)
+    try:
+        await _first_admin(pool)
+    finally:
+        await pool.close()
+    api = await _start_api(config, config_file)
+    try:
+        await _wait_api_listening(config, api)
+        log.info("dicom-gw api running", extra={"api": f"{config.api.host}:{config.api.port}"})
+        await _until_stopped(stop, api)
+    finally:
+        await _stop_api(api)
+        log.info("stopped")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """Set by SIGTERM/SIGINT; installed first, so that a signal during start-up
+    stops the process cleanly once started, instead of killing it half-way."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until_stopped(
+    stop: asyncio.Event, api: asyncio.subprocess.Process | None = None
+) -> None:
+    """Tell systemd we serve, then wait for ``stop``; the API child exiting on
+    its own is an error."""
+    notify("READY=1")
+    waits: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
+    if api is not None:
+        waits.add(asyncio.ensure_future(api.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if api is not None and api.returncode is not None:
+        raise DicomGwError(f"the API server exited with status {api.returncode}")
+    notify("STOPPING=1")
+    log.info("stopping")
 
 
 async def _first_admin(pool: asyncpg.Pool) -> None:
@@ -228,6 +344,29 @@ async def _start_api(config: Config, config_file: str | None) -> asyncio.subproc
         "dicomgw.api.app:create_app_from_env",
     ]
     return await asyncio.create_subprocess_exec(*argv, env=env, preexec_fn=_die_with_parent)
+
+
+async def _wait_api_listening(config: Config, api: asyncio.subprocess.Process) -> None:
+    """Until Granian accepts connections, so that READY=1 means serving."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.api.host, config.api.host)
+    deadline = time.monotonic() + API_START_TIMEOUT_S
+    while api.returncode is None:
+        try:
+            _, writer = await asyncio.open_connection(host, config.api.port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise DicomGwError(
+                    f"the API did not listen on {config.api.host}:{config.api.port} within "
+                    f"{API_START_TIMEOUT_S:.0f} s"
+                ) from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise DicomGwError(
+        f"the API server exited with status {api.returncode} at start; is port "
+        f"{config.api.port} in use? set api.port"
+    )
 
 
 def _die_with_parent() -> None:

@@ -17,6 +17,8 @@ COMMANDS = [
     ["forwarder"],
     ["rules"],
     ["rules", "test"],
+    ["receiver"],
+    ["api"],
     ["db"],
     ["db", "upgrade"],
     ["db", "downgrade"],
