@@ -27,6 +27,7 @@ from dicomgw.api.resources import (
     openapi,
     queue,
     rules,
+    settings,
     stats,
     studies,
 )
@@ -39,6 +40,7 @@ from dicomgw.api.resources.auth import (
 )
 from dicomgw.api.resources.health import LiveResource, ReadyResource
 from dicomgw.api.resources.users import UsersResource
+from dicomgw.api.webui import add_webui
 from dicomgw.config import Config
 
 
@@ -66,6 +68,7 @@ ROUTES: tuple[RouteAdder, ...] = (
     rules.add_routes,
     queue.add_routes,
     studies.add_routes,
+    settings.add_routes,
     metrics.add_routes,
     openapi.add_routes,
 )
@@ -95,6 +98,7 @@ def create_app(
     api = ApiContext(config, pools, throttle or Throttle())
     for add in routes:
         add(app, api)
+    add_webui(app, config.api)
     return app
 
 

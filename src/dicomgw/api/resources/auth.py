@@ -148,7 +148,11 @@ class LogoutResource:
 class MeResource:
     @allow(*ROLES)
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        resp.media = user_json(req.context.user)
+        user: User = req.context.user
+        # A reloaded page gets its session's CSRF token back here: another site
+        # cannot read this answer (same-origin policy, no CORS), so it cannot either.
+        csrf = {"csrf_token": user.csrf_token} if user.csrf_token else {}
+        resp.media = user_json(user) | csrf
 
 
 class MySessionsResource:
