@@ -1,5 +1,6 @@
 """A throwaway PKI for the TLS tests: a CA, a server certificate for 127.0.0.1 and
-localhost, a client certificate, and a second CA that signed nothing the peer holds.
+localhost, a client certificate, and a second CA that signed only a stranger's
+client certificate.
 
 Keys are RSA 2048: DCMTK's default profile (Non-downgrading BCP 195) offers only
 ECDHE-RSA and DHE-RSA cipher suites under TLS 1.2, so an EC server key would work
@@ -31,6 +32,9 @@ class Pki:
     client_key: Path
     encrypted_client_key: Path
     """The client key under the passphrase 'secret'."""
+    stranger_cert: Path
+    """A client certificate signed by the other CA."""
+    stranger_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -123,7 +127,7 @@ def make_pki(directory: Path) -> Pki:
     """Everything in PEM files under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _ca("dicom-gw test CA")
-    _, other_cert = _ca("some other CA")
+    other_key, other_cert = _ca("some other CA")
     server_key, server_cert = _leaf(
         "STORESCP",
         ca_key,
@@ -132,6 +136,9 @@ def make_pki(directory: Path) -> Pki:
         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
     )
     client_key, client_cert = _leaf("DICOMGW", ca_key, ca_cert, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    stranger_key, stranger_cert = _leaf(
+        "STRANGER", other_key, other_cert, ExtendedKeyUsageOID.CLIENT_AUTH, []
+    )
     return Pki(
         ca=_write_cert(directory / "ca.pem", ca_cert),
         other_ca=_write_cert(directory / "other-ca.pem", other_cert),
@@ -144,4 +151,6 @@ def make_pki(directory: Path) -> Pki:
             client_key,
             serialization.BestAvailableEncryption(b"secret"),
         ),
+        stranger_cert=_write_cert(directory / "stranger.pem", stranger_cert),
+        stranger_key=_write_key(directory / "stranger.key", stranger_key),
     )

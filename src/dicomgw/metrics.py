@@ -102,6 +102,11 @@ class ServeMetrics:
         self.associations_rejected = counter(
             "dicomgw_associations_rejected", "A-ASSOCIATE-RJ sent, by reason.", ["reason"]
         )
+        self.tls_failures = counter(
+            "dicomgw_tls_handshake_failures",
+            "DICOM TLS handshakes on dimse.tls_port that failed, by kind.",
+            ["kind"],
+        )
         self.received_bytes = counter(
             "dicomgw_received_bytes", "PDU bytes received on DIMSE associations."
         )
@@ -198,6 +203,8 @@ class ServeMetrics:
         for (source, reason), n in list(counters.rejected.items()):
             label = self._reasons.get((source, reason), f"source-{source}-reason-{reason}")
             _advance(seen, f"rejected:{label}", self.associations_rejected.labels(label), n)
+        for kind, n in list(counters.tls_failed.items()):
+            _advance(seen, f"tls:{kind}", self.tls_failures.labels(kind), n)
         pdu_bytes, dataset_bytes = counters.received()
         _advance(seen, "bytes", self.received_bytes, pdu_bytes)
         _advance(seen, "dataset_bytes", self.received_dataset_bytes, dataset_bytes)

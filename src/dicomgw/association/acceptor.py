@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from dicomgw.association.negotiation import (
     limit_rejection,
     negotiate,
 )
+from dicomgw.association.tls import explain
 from dicomgw.config import DimseConfig
 from dicomgw.dimse.commands import (
     C_ECHO_RQ,
@@ -67,6 +69,9 @@ ABORT_SOURCE_PROVIDER = 2
 A_RELEASE_RP = bytes.fromhex("06 00 00000004 00000000")
 # Room for the PDU and PDV headers on top of the negotiated maximum.
 PDATA_MARGIN = 64
+# What a DICOM TLS connection may send before its handshake is taken over: a
+# ClientHello (< 16 KiB), or the first records after it.
+TLS_EARLY_BUFFER = 65_536
 
 _ids = itertools.count(1)
 
@@ -190,6 +195,8 @@ class ListenerCounters:
         self.admitted = 0
         self.rejected: Counter[tuple[int, int]] = Counter()
         """A-ASSOCIATE-RJ sent, by (source, reason): PS3.8 9.3.4 Table 9-21."""
+        self.tls_failed: Counter[str] = Counter()
+        """DICOM TLS handshakes that failed, by kind (tls.explain)."""
         self.open_streams: set[ReceiveStream] = set()
         self.closed_bytes_in = 0
         self.closed_dataset_bytes_in = 0
@@ -529,14 +536,134 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             self._transport.close()
 
 
+class TLSHandshake(asyncio.BufferedProtocol):
+    """The first protocol of a DICOM TLS connection: it runs the handshake
+    (``loop.start_tls``) and hands the TLS transport to the acceptor, or logs
+    why the handshake failed and closes the connection. (A listener's ``ssl=``
+    would do the handshake too, but drop a failed one without a word, and an
+    operator must learn that a peer's certificate was refused.)
+
+    uvloop starts reading only after ``connection_made`` returns, so bytes can
+    reach this protocol before ``start_tls`` takes the transport over: they are
+    kept and given to the TLS protocol once it is connected. The same happens
+    to the first application bytes (the A-ASSOCIATE-RQ), which can arrive before
+    ``start_tls`` returns: they are given to the acceptor once it is connected.
+    """
+
+    def __init__(
+        self,
+        acceptor: AssociationAcceptor,
+        context: ssl.SSLContext,
+        timeout_s: float,
+        counters: ListenerCounters,
+    ) -> None:
+        self._acceptor = acceptor
+        self._context = context
+        self._timeout_s = timeout_s
+        self._counters = counters
+        self._buffer = bytearray(TLS_EARLY_BUFFER)
+        self._early = bytearray()
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._task = asyncio.ensure_future(self._handshake(cast(asyncio.Transport, transport)))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._early += self._buffer[:nbytes]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # start_tls raises in _handshake
+
+    async def _handshake(self, plain: asyncio.Transport) -> None:
+        context_id.set(self._acceptor.assoc_id)
+        peer = plain.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        loop = asyncio.get_running_loop()
+        upgrade = asyncio.ensure_future(
+            loop.start_tls(
+                plain,
+                self,
+                self._context,
+                server_side=True,
+                ssl_handshake_timeout=self._timeout_s,
+            )
+        )
+        # NOTE: start_tls's first step (run now) pauses reading, installs the TLS
+        # protocol and schedules its connection_made; what came before follows it.
+        await asyncio.sleep(0)
+        tls = plain.get_protocol()
+        if tls is not self:
+            loop.call_soon(_give, cast(asyncio.BufferedProtocol, tls), self._early)
+        try:
+            transport = await upgrade
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            kind, problem = (
+                explain(exc)
+                if isinstance(exc, ssl.SSLError)
+                else ("timeout" if isinstance(exc, TimeoutError) else "connection", str(exc))
+            )
+            self._counters.tls_failed[kind] += 1
+            log.warning(
+                "DICOM TLS handshake failed",
+                extra={"peer": where, "kind": kind, "problem": problem},
+            )
+            plain.abort()
+            return
+        if transport is None:  # the peer closed during the handshake
+            plain.abort()
+            return
+        cert = transport.get_extra_info("peercert") or {}
+        subject = ",".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+        log.info(
+            "DICOM TLS established",
+            extra={
+                "peer": where,
+                "tls_version": transport.get_extra_info("ssl_object").version(),
+                "tls_peer": subject.replace("commonName", "CN") or None,
+            },
+        )
+        transport.set_protocol(self._acceptor)
+        self._acceptor.connection_made(transport)
+        _give(self._acceptor, self._early)
+
+
+def _give(protocol: asyncio.BufferedProtocol, data: bytearray) -> None:
+    """Deliver ``data`` (then emptied) to ``protocol`` as if it had been read."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        view = view[n:]
+        protocol.buffer_updated(n)
+    view.release()
+    del data[:]
+
+
 async def start_listener(
-    config: DimseConfig, limits: AssociationLimits, services: Services, counters: ListenerCounters
+    config: DimseConfig,
+    limits: AssociationLimits,
+    services: Services,
+    counters: ListenerCounters,
+    *,
+    port: int,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
+    """Listen on ``port``; with ``tls`` (DICOM TLS) the handshake must complete
+    within the ACSE timeout, and the acceptor then reads decrypted bytes into its
+    buffer as it reads plain ones."""
+
+    def plain() -> AssociationAcceptor:
+        return AssociationAcceptor(config, limits, services, counters)
+
+    def secured() -> TLSHandshake:
+        assert tls is not None
+        return TLSHandshake(plain(), tls, config.acse_timeout_s, counters)
+
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: AssociationAcceptor(config, limits, services, counters),
-        config.host,
-        config.port,
-        reuse_address=True,
-        backlog=128,
+        plain if tls is None else secured, config.host, port, reuse_address=True, backlog=128
     )

@@ -1,5 +1,6 @@
-"""DICOM TLS for the requestor: PS3.15 Annex B's BCP 195 TLS Secure Transport
-Connection Profiles (B.9 and the Non-downgrading B.10; B.12 in current editions).
+"""DICOM TLS for the requestor and the receiver's TLS listener: PS3.15 Annex B's
+BCP 195 TLS Secure Transport Connection Profiles (B.9 and the Non-downgrading
+B.10; B.12 in current editions).
 
 What the profile asks of a client, and where it is done:
 
@@ -105,13 +106,33 @@ def client_context(
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = verify_hostname
     if cert_file is not None and key_file is not None:
-        _load_client_certificate(context, owner, cert_file, key_file)
+        _load_certificate(context, owner, cert_file, key_file)
     return context
 
 
-def _load_client_certificate(
-    context: ssl.SSLContext, owner: str, cert_file: str, key_file: str
-) -> None:
+def server_context(
+    owner: str, *, cert_file: str, key_file: str, client_ca_file: str | None
+) -> ssl.SSLContext:
+    """The receiver's SSLContext for DICOM TLS (BCP 195, as :func:`client_context`):
+    TLS 1.2 or later, no compression or renegotiation, and with ``client_ca_file``
+    a client certificate issued by those CAs is required (mutual TLS)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    _load_certificate(context, owner, cert_file, key_file)
+    if client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except OSError as exc:
+            problem = _unreadable(exc)
+            if isinstance(exc, ssl.SSLError):
+                problem = f"holds no PEM CA certificate OpenSSL can use ({exc.reason or exc})"
+            raise TLSConfigError(owner, "tls_client_ca_file", client_ca_file, problem) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _load_certificate(context: ssl.SSLContext, owner: str, cert_file: str, key_file: str) -> None:
     # NOTE: load_cert_chain says "PEM lib" for a bad certificate and a bad key
     # alike; reading the certificate on its own first tells which file is wrong.
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
@@ -14,6 +15,8 @@ from dicomgw.association.acceptor import (
     StoreObserver,
     start_listener,
 )
+from dicomgw.association.errors import TLSConfigError
+from dicomgw.association.tls import server_context
 from dicomgw.config import Config
 from dicomgw.errors import DicomGwError
 from dicomgw.forward.rules import RoutingTable
@@ -64,26 +67,51 @@ class Receiver:
         )
         self._config = config
         self._pool = pool
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
     async def start(self) -> None:
         await self.routing.start()
         self.batcher.start()
         await recover(self.spool.layout, self._pool, self.batcher)
         dimse = self._config.dimse
+        tls = self._tls_context()
+        self._servers.append(await self._listen("port", dimse.port, None))
+        if tls is not None and dimse.tls_port is not None:
+            self._servers.append(await self._listen("tls_port", dimse.tls_port, tls))
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """Read before any port opens: a bad certificate stops the start."""
+        dimse, tls_dir = self._config.dimse, self._config.tls_dir
+        if dimse.tls_port is None:
+            return None
         try:
-            self._server = await start_listener(dimse, self.limits, self.service, self.counters)
+            return server_context(
+                "dimse",
+                cert_file=dimse.tls_cert_file or str(tls_dir / "https.crt"),
+                key_file=dimse.tls_key_file or str(tls_dir / "https.key"),
+                client_ca_file=dimse.tls_client_ca_file,
+            )
+        except TLSConfigError as exc:
+            raise DicomGwError(f"DICOM TLS listener: {exc}") from None
+
+    async def _listen(self, key: str, port: int, tls: ssl.SSLContext | None) -> asyncio.Server:
+        dimse = self._config.dimse
+        try:
+            return await start_listener(
+                dimse, self.limits, self.service, self.counters, port=port, tls=tls
+            )
         except OSError as exc:
             raise DicomGwError(
-                f"cannot listen on dimse.host {dimse.host} port {dimse.port}: "
-                f"{exc.strerror}; is another DICOM service using it? set dimse.port"
+                f"cannot listen on dimse.host {dimse.host} port {port}: "
+                f"{exc.strerror}; is another DICOM service using it? set dimse.{key}"
             ) from None
 
     async def close(self) -> None:
         """Stop accepting; in-flight C-STOREs finish before the index writer stops."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
         await self.batcher.close()
         await self.routing.close()
         self._executor.shutdown(wait=True)
