@@ -154,3 +154,31 @@ def make_pki(directory: Path) -> Pki:
         stranger_cert=_write_cert(directory / "stranger.pem", stranger_cert),
         stranger_key=_write_key(directory / "stranger.key", stranger_key),
     )
+
+
+def self_signed(
+    directory: Path, common_name: str, *, days: float, started_days_ago: float = 0.01
+) -> tuple[Path, Path]:
+    """A self-signed server certificate for 127.0.0.1 valid for ``days`` (negative:
+    expired that long ago), and its key: (certificate, key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=started_days_ago))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        _write_cert(directory / f"{common_name}.pem", cert),
+        _write_key(directory / f"{common_name}.key", key),
+    )

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import yaml
@@ -241,6 +242,95 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_RUNTIME
 
 
+def cmd_tls_install(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _setup_logging(config)
+    chain = Path(args.chain) if args.chain else None
+    return _install_certificate(config, Path(args.cert), Path(args.key), chain)
+
+
+def cmd_tls_install_certbot(args: argparse.Namespace) -> int:
+    """certbot's --deploy-hook: it sets RENEWED_LINEAGE to the live directory."""
+    config = _config(args)
+    _setup_logging(config)
+    lineage = os.environ.get("RENEWED_LINEAGE")
+    if not lineage:
+        raise DicomGwError(
+            "RENEWED_LINEAGE is not set: run this as certbot's --deploy-hook, or use "
+            "'dicom-gw tls install --cert ... --key ...'"
+        )
+    live = Path(lineage)
+    return _install_certificate(config, live / "cert.pem", live / "privkey.pem", live / "chain.pem")
+
+
+def _install_certificate(config: Config, cert: Path, key: Path, chain: Path | None) -> int:
+    import shlex
+    import signal
+    import subprocess
+
+    from dicomgw import certificates
+    from dicomgw.statedir import running_pid
+
+    chain_pem, key_pem = certificates.validate(cert, key, chain)
+    cert_path, _ = certificates.install(config, chain_pem, key_pem)
+    installed = certificates.info(certificates.read_certificates(cert_path, "certificate")[0])
+    _out(
+        f"installed {cert_path}: {installed.subject}, valid until "
+        f"{installed.not_after:%Y-%m-%d} ({installed.days_left():.0f} days)"
+    )
+    certificates.warn_if_expiring(config)
+    status = 0
+    if config.tls.reload_command.strip():
+        command = shlex.split(config.tls.reload_command)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+            problem = (
+                (done.stderr.strip() or f"exit status {done.returncode}") if done.returncode else ""
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problem = str(exc)
+        if problem:
+            sys.stderr.write(
+                f"dicom-gw: installed, but tls.reload_command '{config.tls.reload_command}' "
+                f"failed: {problem}\n"
+            )
+            status = EXIT_RUNTIME
+    pid = running_pid(config.state_path)
+    if pid is not None and config.dimse.tls_port is not None and not config.dimse.tls_cert_file:
+        # The DICOM TLS listener takes the new certificate for new connections.
+        os.kill(pid, signal.SIGHUP)
+        _out(f"asked the receiver (pid {pid}) to reload it")
+    return status
+
+
+def cmd_tls_status(args: argparse.Namespace) -> int:
+    from dicomgw import certificates
+
+    config = _config(args)
+    status = 0
+    for label, path in certificates.watched(config).items():
+        if not path.exists():
+            _out(f"{label}: none installed ({path})")
+            continue
+        cert = certificates.info(certificates.read_certificates(path, "certificate")[0])
+        days = cert.days_left()
+        state = (
+            "EXPIRED"
+            if days <= 0
+            else "expires soon"
+            if days < config.tls.expiry_warning_days
+            else "ok"
+        )
+        if state != "ok":
+            status = EXIT_RUNTIME
+        _out(
+            f"{label}: {state}: {cert.subject} (names: {', '.join(cert.names) or '-'}), "
+            f"issued by {cert.issuer}, valid until {cert.not_after:%Y-%m-%d %H:%M} UTC "
+            f"({days:.0f} days) [{path}]"
+        )
+    return status
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -332,6 +422,24 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     add(audit_sub, "verify", cmd_audit_verify, "check the audit log's hash chain; exit 1 if broken")
+
+    tls = sub.add_parser("tls", help="HTTPS certificate", description="Certificate commands.")
+    tls_sub = tls.add_subparsers(
+        dest="tls_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    p = add(tls_sub, "install", cmd_tls_install, "validate and install a certificate and key")
+    p.add_argument(
+        "--cert", required=True, metavar="FILE", help="PEM certificate (may hold the chain)"
+    )
+    p.add_argument("--key", required=True, metavar="FILE", help="its unencrypted PEM private key")
+    p.add_argument("--chain", metavar="FILE", help="PEM intermediates, in order")
+    add(
+        tls_sub,
+        "install-certbot",
+        cmd_tls_install_certbot,
+        "certbot --deploy-hook: install the renewed certificate from $RENEWED_LINEAGE",
+    )
+    add(tls_sub, "status", cmd_tls_status, "the installed certificates and their expiry")
 
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(handler=cmd_version)

@@ -40,6 +40,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from dicomgw.certificates import CertificateError, info, read_certificates, watched
+from dicomgw.config import Config
+
 if TYPE_CHECKING:
     from dicomgw.forward.supervisor import DestinationRunner, Forwarder
     from dicomgw.receiver.server import Receiver
@@ -299,6 +302,23 @@ def database_up(up: bool) -> Metric:
         "1 if this scrape could read the queue and circuit state from PostgreSQL.",
         value=float(up),
     )
+
+
+def certificate_families(config: Config) -> list[Metric]:
+    """The notAfter of each installed certificate (dicomgw.certificates.watched),
+    read at scrape time: alert on ``... - time() < 30 * 86400``."""
+    expiry = GaugeMetricFamily(
+        "dicomgw_tls_certificate_expiry_timestamp_seconds",
+        "When the certificate expires (Unix time); absent when none is installed.",
+        labels=["certificate"],
+    )
+    for label, path in watched(config).items():
+        try:
+            cert = info(read_certificates(path, "certificate")[0])
+        except CertificateError:
+            continue  # none installed (or unreadable: the CLI and the log say why)
+        expiry.add_metric([label], cert.not_after.timestamp())
+    return [expiry]
 
 
 class _Families(Collector):

@@ -26,6 +26,7 @@ import msgspec
 import uvloop
 
 from dicomgw.accounts import ensure_first_admin
+from dicomgw.certificates import warn_if_expiring
 from dicomgw.config import Config
 from dicomgw.db import migrate
 from dicomgw.db.pool import create_pool
@@ -44,6 +45,7 @@ from dicomgw.systemd import notify
 log = logging.getLogger(__name__)
 
 API_START_TIMEOUT_S = 60.0
+CERTIFICATE_CHECK_S = 86_400.0
 API_STOP_TIMEOUT_S = 10.0
 METRICS_DIR = "metrics"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -170,6 +172,7 @@ async def _serve(config: Config, config_file: str | None) -> None:
         await forwarder.close()
         await pool.close()
         raise
+    _watch_certificates(config, receiver)
     rollups = asyncio.create_task(rollup_forever(pool), name="stats-rollup")
     updater = asyncio.create_task(metrics.keep_updated(receiver, forwarder), name="metrics")
     api = await _start_api(config, config_file)
@@ -204,6 +207,7 @@ async def _receive_only(config: Config) -> None:
     receiver = Receiver(config, pool, on_store_answered=metrics.observe_store)
     try:
         await receiver.start()
+        _watch_certificates(config, receiver)
         rollups = asyncio.create_task(rollup_forever(pool), name="stats-rollup")
         updater = asyncio.create_task(metrics.keep_updated(receiver, None), name="metrics")
         try:
@@ -256,6 +260,19 @@ async def _api_only(config: Config, config_file: str | None) -> None:
     finally:
         await _stop_api(api)
         log.info("stopped")
+
+
+def _watch_certificates(config: Config, receiver: Receiver) -> None:
+    """Expiry warnings now and daily (the watched task lives as long as the
+    loop); SIGHUP reloads the DICOM TLS certificate (``dicom-gw tls install``)."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, receiver.reload_tls)
+
+    def check() -> None:
+        warn_if_expiring(config)
+        loop.call_later(CERTIFICATE_CHECK_S, check)
+
+    check()
 
 
 def _stop_on_signals() -> asyncio.Event:

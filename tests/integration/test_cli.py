@@ -30,6 +30,10 @@ COMMANDS = [
     ["user", "add"],
     ["audit"],
     ["audit", "verify"],
+    ["tls"],
+    ["tls", "install"],
+    ["tls", "install-certbot"],
+    ["tls", "status"],
     ["version"],
 ]
 

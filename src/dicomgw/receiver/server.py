@@ -68,31 +68,54 @@ class Receiver:
         self._config = config
         self._pool = pool
         self._servers: list[asyncio.Server] = []
+        self._tls: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         await self.routing.start()
         self.batcher.start()
         await recover(self.spool.layout, self._pool, self.batcher)
         dimse = self._config.dimse
-        tls = self._tls_context()
+        self._tls = self._tls_context()
         self._servers.append(await self._listen("port", dimse.port, None))
-        if tls is not None and dimse.tls_port is not None:
-            self._servers.append(await self._listen("tls_port", dimse.tls_port, tls))
+        if self._tls is not None and dimse.tls_port is not None:
+            self._servers.append(await self._listen("tls_port", dimse.tls_port, self._tls))
+
+    def reload_tls(self) -> None:
+        """SIGHUP (``dicom-gw tls install``): new connections get the certificate
+        now in the files; a bad one is logged and the current one kept."""
+        if self._tls is None:
+            return
+        try:
+            fresh = self._tls_context()
+        except DicomGwError as exc:
+            log.error("DICOM TLS certificate not reloaded", extra={"error": str(exc)})
+            return
+        if fresh is not None:
+            self._tls.load_cert_chain(*self._tls_files())
+            log.info("DICOM TLS certificate reloaded")
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """Read before any port opens: a bad certificate stops the start."""
-        dimse, tls_dir = self._config.dimse, self._config.tls_dir
+        dimse = self._config.dimse
         if dimse.tls_port is None:
             return None
+        cert_file, key_file = self._tls_files()
         try:
             return server_context(
                 "dimse",
-                cert_file=dimse.tls_cert_file or str(tls_dir / "https.crt"),
-                key_file=dimse.tls_key_file or str(tls_dir / "https.key"),
+                cert_file=cert_file,
+                key_file=key_file,
                 client_ca_file=dimse.tls_client_ca_file,
             )
         except TLSConfigError as exc:
             raise DicomGwError(f"DICOM TLS listener: {exc}") from None
+
+    def _tls_files(self) -> tuple[str, str]:
+        dimse, tls_dir = self._config.dimse, self._config.tls_dir
+        return (
+            dimse.tls_cert_file or str(tls_dir / "https.crt"),
+            dimse.tls_key_file or str(tls_dir / "https.key"),
+        )
 
     async def _listen(self, key: str, port: int, tls: ssl.SSLContext | None) -> asyncio.Server:
         dimse = self._config.dimse

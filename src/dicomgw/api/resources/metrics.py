@@ -22,8 +22,8 @@ from dicomgw.api.auth import PUBLIC, allow
 from dicomgw.api.context import ApiContext, App
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, forbidden
-from dicomgw.config import ApiConfig
-from dicomgw.metrics import ApiMetrics, database_families, database_up
+from dicomgw.config import Config
+from dicomgw.metrics import ApiMetrics, certificate_families, database_families, database_up
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,11 @@ def direct_client(req: falcon.asgi.Request) -> ipaddress.IPv4Address | ipaddress
 
 
 class MetricsResource:
-    def __init__(self, config: ApiConfig, pools: PoolMiddleware, metrics: ApiMetrics) -> None:
-        self._token = config.metrics_token
+    def __init__(self, config: Config, pools: PoolMiddleware, metrics: ApiMetrics) -> None:
+        self._config = config
+        self._token = config.api.metrics_token
         self._networks: list[Network] = [
-            ipaddress.ip_network(n, strict=False) for n in config.metrics_networks
+            ipaddress.ip_network(n, strict=False) for n in config.api.metrics_networks
         ]
         self._pools = pools
         self._metrics = metrics
@@ -71,7 +72,7 @@ class MetricsResource:
             # The other roles' metrics are worth having while the database is away.
             log.warning("metrics: cannot read the queue state", extra={"error": str(exc)})
             families = [database_up(False)]
-        resp.data = self._metrics.exposition(families)
+        resp.data = self._metrics.exposition([*families, *certificate_families(self._config)])
         resp.content_type = CONTENT_TYPE_LATEST
         resp.cache_control = ["no-store"]
 
@@ -130,4 +131,4 @@ class RequestTimer:
 def add_routes(app: App, api: ApiContext) -> None:
     metrics = ApiMetrics()
     app.add_middleware(RequestTimer(metrics))
-    app.add_route(PATH, MetricsResource(api.config.api, api.pools, metrics))
+    app.add_route(PATH, MetricsResource(api.config, api.pools, metrics))
