@@ -153,3 +153,4 @@ async def test_me_gives_a_reloaded_page_its_csrf_token(empty_db: str, tmp_path: 
     async with logged_in(api_config(empty_db, tmp_path), "viewer") as api:
         me = await api.call("GET", "/me")
         assert me.json["csrf_token"] == api.csrf
+        assert me.json["totp_enabled"] is False

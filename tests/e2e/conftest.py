@@ -8,8 +8,12 @@ under CI=true. Screenshots of each page go to webui/e2e-screenshots/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +22,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.api.conftest import Client
-from tests.gateway import ADMIN_PASSWORD, Gateway, running
+from tests.gateway import ADMIN_PASSWORD, Gateway, free_port, running
+from tests.interop.conftest import require_dcmtk
+from tests.interop.corpus import Item, dcmtk_env, small_images, storescu
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).parents[2]
@@ -33,11 +39,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-# Fast retries and an early circuit, so that a stopped destination shows up in seconds.
+# Fast retries, an early circuit and an early dead-letter, so that a stopped
+# destination shows up (unhealthy, jobs dead) in seconds.
 FORWARDER_CONFIG = """\
 forwarder:
-  backoff_initial_s: 0.5
-  backoff_max_s: 2
+  backoff_initial_s: 0.3
+  backoff_max_s: 1
+  max_attempts: 2
   circuit_failures: 2
   circuit_probe_s: 1
 """
@@ -123,3 +131,68 @@ def screenshot(page: Page, name: str) -> None:
 def wait_ready(gateway: Gateway) -> None:
     """The API answers (serve waits for the port; the workers' pool may lag)."""
     httpx.get(f"{base_url(gateway)}/api/v1/health/live", timeout=10).raise_for_status()
+
+
+class StoreSCP:
+    """DCMTK's storescp as a forward destination, stopped and started at will."""
+
+    def __init__(self, dcmtk: Path, directory: Path, ae_title: str = "E2EPACS") -> None:
+        self.dcmtk = dcmtk
+        self.directory = directory
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.dcmtk / "storescp",
+                "-aet",
+                self.ae_title,
+                "-od",
+                str(self.directory),
+                str(self.port),
+            ],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"storescp is not listening on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def received(self) -> int:
+        return sum(1 for p in self.directory.iterdir() if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> Path:
+    return require_dcmtk()
+
+
+@pytest.fixture
+def storescp(dcmtk: Path, tmp_path: Path) -> Iterator[StoreSCP]:
+    scp = StoreSCP(dcmtk, tmp_path / "storescp")
+    scp.start()
+    yield scp
+    scp.stop()
+
+
+def send_study(dcmtk: Path, gateway: Gateway, directory: Path, count: int = 3) -> list[Item]:
+    items = small_images(directory, count)
+    run = storescu(dcmtk, [i.path for i in items], gateway.dimse_port)
+    assert run.returncode == 0, run.stderr
+    return items

@@ -146,13 +146,18 @@ class LogoutResource:
 
 
 class MeResource:
+    def __init__(self, pools: PoolMiddleware) -> None:
+        self._pools = pools
+
     @allow(*ROLES)
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         user: User = req.context.user
+        async with self._pools.pool.acquire() as conn:
+            totp = await conn.fetchval("SELECT totp_confirmed FROM users WHERE id = $1", user.id)
         # A reloaded page gets its session's CSRF token back here: another site
         # cannot read this answer (same-origin policy, no CORS), so it cannot either.
         csrf = {"csrf_token": user.csrf_token} if user.csrf_token else {}
-        resp.media = user_json(user) | csrf
+        resp.media = user_json(user) | {"totp_enabled": bool(totp)} | csrf
 
 
 class MySessionsResource:

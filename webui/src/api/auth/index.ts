@@ -21,7 +21,7 @@ export function logout(): Promise<void> {
   return http.post('/auth/logout')
 }
 
-/** GET /me: who the session belongs to, and its CSRF token. */
-export function me(): Promise<User & { csrf_token?: string }> {
+/** GET /me: who the session belongs to, whether TOTP is on, and its CSRF token. */
+export function me(): Promise<User & { totp_enabled: boolean; csrf_token?: string }> {
   return http.get('/me')
 }
