@@ -179,7 +179,16 @@ StoreObserver = Callable[[float, int], None]
 C-STORE-RSP, status)."""
 
 
+RefusalObserver = Callable[[str, str, dict[str, str]], None]
+"""Told of each refused peer: (what: ``association`` or ``tls``, peer address,
+details), for the audit log."""
+
+
 def _unobserved(seconds: float, status: int) -> None:
+    pass
+
+
+def _unaudited(what: str, peer: str, detail: dict[str, str]) -> None:
     pass
 
 
@@ -190,8 +199,13 @@ class ListenerCounters:
     collection); a stream's counts move here when its connection closes.
     """
 
-    def __init__(self, on_store_answered: StoreObserver | None = None) -> None:
+    def __init__(
+        self,
+        on_store_answered: StoreObserver | None = None,
+        on_refused: RefusalObserver | None = None,
+    ) -> None:
         self.on_store_answered = on_store_answered or _unobserved
+        self.on_refused = on_refused or _unaudited
         self.admitted = 0
         self.rejected: Counter[tuple[int, int]] = Counter()
         """A-ASSOCIATE-RJ sent, by (source, reason): PS3.8 9.3.4 Table 9-21."""
@@ -349,6 +363,15 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         if rejection is not None:
             self._counters.rejected[rejection.source, rejection.reason] += 1
             log.warning("association rejected", extra={"reason": rejection.why})
+            self._counters.on_refused(
+                "association",
+                self._host,
+                {
+                    "calling_ae": request.calling_ae_title,
+                    "called_ae": request.called_ae_title,
+                    "reason": rejection.why,
+                },
+            )
             self._send_last(rejection.encode())
             return
         acceptance = negotiate(request, self._config, self._config.max_pdu)
@@ -609,6 +632,9 @@ class TLSHandshake(asyncio.BufferedProtocol):
             log.warning(
                 "DICOM TLS handshake failed",
                 extra={"peer": where, "kind": kind, "problem": problem},
+            )
+            self._counters.on_refused(
+                "tls", peer[0] if peer else "?", {"kind": kind, "problem": problem}
             )
             plain.abort()
             return

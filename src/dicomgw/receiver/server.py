@@ -22,6 +22,7 @@ from dicomgw.errors import DicomGwError
 from dicomgw.forward.rules import RoutingTable
 from dicomgw.index.batcher import IndexBatcher
 from dicomgw.receiver.recovery import recover
+from dicomgw.receiver.refusals import RefusalAuditor
 from dicomgw.receiver.store import StorageService
 from dicomgw.storage.disk import DiskGuard
 from dicomgw.storage.layout import prepare_storage
@@ -61,7 +62,8 @@ class Receiver:
             router=self.routing.route,
         )
         self.limits = AssociationLimits(config.dimse)
-        self.counters = ListenerCounters(on_store_answered)
+        self.refusals = RefusalAuditor(pool)
+        self.counters = ListenerCounters(on_store_answered, self.refusals)
         self.service = StorageService(
             self.spool, self.disk, self.batcher, head_bytes=config.index.scan_bytes
         )
@@ -136,6 +138,7 @@ class Receiver:
         for server in self._servers:
             await server.wait_closed()
         await self.batcher.close()
+        await self.refusals.close()
         await self.routing.close()
         self._executor.shutdown(wait=True)
         self.spool.close()
