@@ -172,6 +172,16 @@ async def test_start_up_recovery(gateway_factory: Callable[..., Gateway]) -> Non
         planted.parent.mkdir(parents=True, exist_ok=True)
         copy.save_as(planted, enforce_file_format=True)
 
+        # The stored instance again: the same bytes (removed), and other bytes
+        # under its UID, refused by duplicate_policy: reject (kept aside).
+        twin = gw.storage / "objects" / today / "ab" / f"ab{uuid.uuid4().hex[2:]}.dcm"
+        twin.write_bytes(stored.read_bytes())
+        other = pydicom.dcmread(stored)
+        other.PatientName = "OTHER^BYTES"
+        conflict = gw.storage / "objects" / today / "ab" / f"ab{uuid.uuid4().hex[2:]}.dcm"
+        other.save_as(conflict, enforce_file_format=True)
+        conflict_bytes = conflict.read_bytes()
+
         garbage_key = "ef01" + uuid.uuid4().hex[4:]
         garbage = gw.storage / "objects" / today / "ef" / f"{garbage_key}.dcm"
         garbage.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +201,9 @@ async def test_start_up_recovery(gateway_factory: Callable[..., Gateway]) -> Non
         assert not garbage.exists()
         quarantined = gw.storage / "quarantine" / garbage.name
         assert quarantined.read_bytes() == garbage_bytes
+        assert not twin.exists()
+        assert not conflict.exists()
+        assert (gw.storage / "quarantine" / conflict.name).read_bytes() == conflict_bytes
         assert set(await index_by_path(gw.dsn or "")) == {
             str(p.relative_to(gw.storage)) for p in object_files(gw.storage)
         }

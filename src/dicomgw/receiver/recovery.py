@@ -8,7 +8,9 @@
 - a complete object under ``objects/`` that the index lacks: the crash came
   between the rename and the index COMMIT, so the peer may or may not have
   seen Success; it is verified and indexed (event ``recovered``). One that
-  does not verify is moved to ``quarantine/`` for an operator. Only recent
+  does not verify, or whose SOP Instance UID is indexed with other bytes and
+  refused by ``duplicate_policy: reject``, is moved to ``quarantine/`` for an
+  operator: recovery deletes only what is stored and indexed elsewhere. Only recent
   day directories are listed (:func:`candidates`), so start-up does not grow
   with the archive.
 """
@@ -68,21 +70,35 @@ async def recover(
             try:
                 record = read_record(layout.root, relative)
             except (OSError, DicomGwError) as exc:
-                target = layout.quarantine / Path(relative).name
-                os.rename(layout.root / relative, target)
-                counts["quarantined"] += 1
-                log.error(
-                    "unindexed object does not verify: quarantined",
-                    extra={"file": relative, "error": str(exc)},
-                )
+                _quarantine(layout, relative, counts, "unindexed object does not verify", exc)
                 continue
             outcome = await batcher.index(record)
-            if outcome.kind != "stored":
+            if outcome.kind == "duplicate":  # the same bytes are stored and indexed
                 (layout.root / relative).unlink()
+            elif outcome.kind == "conflict":
+                # NOTE: other bytes under an indexed SOP Instance UID, refused by
+                # duplicate_policy: reject. It may be a version kept under
+                # keep-both (a rebuild of such an archive), so it is kept aside,
+                # never deleted.
+                _quarantine(layout, relative, counts, "unindexed object conflicts with the index")
+                continue
             counts["recovered"] += 1
     if any(counts.values()):
         log.warning("storage recovery", extra=counts)
     return counts
+
+
+def _quarantine(
+    layout: StorageLayout,
+    relative: str,
+    counts: dict[str, int],
+    why: str,
+    exc: Exception | None = None,
+) -> None:
+    os.rename(layout.root / relative, layout.quarantine / Path(relative).name)
+    counts["quarantined"] += 1
+    extra = {"file": relative, "quarantine": str(layout.quarantine)}
+    log.error(f"{why}: quarantined", extra=extra | ({"error": str(exc)} if exc else {}))
 
 
 async def _settle_deletions(
