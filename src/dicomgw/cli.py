@@ -331,6 +331,40 @@ def cmd_tls_status(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_secrets_rotate(args: argparse.Namespace) -> int:
+    from dicomgw import audit
+    from dicomgw.db.pool import create_pool
+    from dicomgw.db.server import database
+    from dicomgw.forward import secrets
+
+    config = _config(args)
+    _setup_logging(config)
+
+    async def rotate(dsn: str) -> int:
+        pool = await create_pool(dsn, config.database)
+        try:
+            async with pool.acquire() as conn:
+                count = await secrets.rotate(conn, config.state_path)
+                await audit.record(
+                    conn,
+                    actor="cli",
+                    action="secrets.rotate",
+                    detail={"values": count},
+                    event_id=audit.SECURITY_ALERT,
+                )
+                return count
+        finally:
+            await pool.close()
+
+    with database(config, adopt=False) as dsn:
+        count = asyncio.run(rotate(dsn))
+    _out(
+        f"new secrets key in {config.state_path / secrets.KEY_FILE}; {count} stored secrets "
+        "re-encrypted (running processes pick the key up by themselves)"
+    )
+    return 0
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -422,6 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     add(audit_sub, "verify", cmd_audit_verify, "check the audit log's hash chain; exit 1 if broken")
+
+    sec = sub.add_parser(
+        "secrets", help="stored secrets", description="Commands for the secrets key."
+    )
+    sec_sub = sec.add_subparsers(
+        dest="secrets_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    add(sec_sub, "rotate", cmd_secrets_rotate, "replace the secrets key, re-encrypting secrets")
 
     tls = sub.add_parser("tls", help="HTTPS certificate", description="Certificate commands.")
     tls_sub = tls.add_subparsers(

@@ -30,6 +30,8 @@ COMMANDS = [
     ["user", "add"],
     ["audit"],
     ["audit", "verify"],
+    ["secrets"],
+    ["secrets", "rotate"],
     ["tls"],
     ["tls", "install"],
     ["tls", "install-certbot"],

@@ -17,7 +17,7 @@ import orjson
 from dicomgw.config import Config, Destination, DimseDestination, StowDestination
 from dicomgw.db import channels
 from dicomgw.forward.rules import Rule
-from dicomgw.forward.secrets import SecretBox
+from dicomgw.forward.secrets import SecretBox, SecretsError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ async def load_destinations(conn: asyncpg.Connection, box: SecretBox) -> list[De
     for row in rows:
         try:
             out.append(DestinationRow(row["id"], join(row, box), row["paused"]))
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, SecretsError) as exc:
+            # NOTE: its jobs wait in the queue; one bad row must not stop the others.
             log.error("destination skipped", extra={"destination": row["name"], "error": str(exc)})
     return out
 
