@@ -173,6 +173,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     )
     with database(config, adopt=False) as dsn:
         current, head = migrate.current(dsn), migrate.head()
+    migrate.check_known(current)
     state = "up to date" if current == head else "needs 'dicom-gw db upgrade'"
     _out(f"database: {where}\nschema: {current or 'none'} (latest {head}): {state}")
     return 0 if current == head else EXIT_RUNTIME

@@ -112,6 +112,7 @@ def ensure_schema(dsn: str, *, upgrade: bool) -> None:
         migrate.upgrade(dsn)
         return
     current, head = migrate.current(dsn), migrate.head()
+    migrate.check_known(current)
     if current != head:
         raise DatabaseError(
             f"database schema is at {current or 'nothing'}, this version needs {head}: "

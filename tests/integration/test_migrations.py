@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from dicomgw.db import migrate
+from tests.cli import cli_env, run_cli
 
 TABLES = {
     "studies",
@@ -96,3 +98,20 @@ async def test_job_claim_query_uses_the_partial_index(empty_db: str) -> None:
 def test_bad_dsn_scheme_is_a_clear_error() -> None:
     with pytest.raises(Exception, match=r"must start with postgresql://"):
         migrate.upgrade("mysql://x/y")
+
+
+async def test_a_schema_from_a_newer_version_is_refused_by_name(
+    empty_db: str, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(migrate.upgrade, empty_db)
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    finally:
+        await conn.close()
+    expected = "database schema is at revision 9999, which this version of dicom-gw does not know"
+    env = cli_env(tmp_path, DICOMGW_DATABASE__DSN=empty_db)
+    for command in (["db", "status"], ["db", "upgrade"], ["serve"]):
+        done = await asyncio.to_thread(run_cli, *command, env=env)
+        assert done.returncode == 1, command
+        assert expected in done.stderr, (command, done.stderr)

@@ -10,6 +10,8 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import create_engine, pool
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -52,8 +54,26 @@ def current(dsn: str) -> str | None:
         engine.dispose()
 
 
+def check_known(revision: str | None) -> None:
+    """Refuse a schema a newer dicom-gw migrated: this version cannot upgrade it,
+    and running on it (or downgrading it with this version) would be guessing."""
+    if revision is None:
+        return
+    try:
+        found = ScriptDirectory.from_config(_alembic("postgresql://")).get_revision(revision)
+    except (CommandError, RevisionError):
+        found = None
+    if found is None:
+        raise DatabaseError(
+            f"database schema is at revision {revision}, which this version of dicom-gw "
+            f"does not know (it knows up to {head()}): a newer dicom-gw migrated it; run "
+            "that version again (or restore the database backup taken before the upgrade)"
+        )
+
+
 def upgrade(dsn: str, revision: str = "head") -> None:
     before = current(dsn)
+    check_known(before)
     try:
         command.upgrade(_alembic(dsn), revision)
     except SQLAlchemyError as exc:
