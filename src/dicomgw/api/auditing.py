@@ -27,7 +27,7 @@ async def audit_request(
         action=action,
         target=target,
         detail=detail,
-        source_ip=req.remote_addr,
+        source_ip=req.context.client_ip,
         request_id=req.context.request_id,
         event_id=event_id,
         outcome=outcome,

@@ -25,6 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from dicomgw.accounts import ROLES
+from dicomgw.api.clients import client_address, networks
 from dicomgw.api.problems import Problem, forbidden, unauthenticated
 from dicomgw.config import ApiConfig
 
@@ -196,14 +197,17 @@ def allow(*roles: str) -> Callable[[R], R]:
 
 
 class AuthMiddleware:
-    """Sets ``req.context.user``; refuses cross-site state changes (CSRF)."""
+    """Sets ``req.context.user`` and ``client_ip`` (api/clients.py); refuses
+    cross-site state changes (CSRF)."""
 
     def __init__(self, config: ApiConfig, pool: Callable[[], asyncpg.Pool]) -> None:
         self._config = config
         self._pool = pool
+        self._proxies = networks(config.trusted_proxies)
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         req.context.user = None
+        req.context.client_ip = client_address(req, self._proxies)
         if not req.path.startswith("/api/") or req.path.startswith("/api/v1/health/"):
             return
         async with self._pool().acquire() as conn:

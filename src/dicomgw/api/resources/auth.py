@@ -49,7 +49,7 @@ class LoginResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         body = await body_of(req, LOGIN_FIELDS, {"totp": str})
         username, password = body["username"], body["password"]
-        ip = req.remote_addr
+        ip = req.context.client_ip
         failed = Problem(401, "invalid-credentials", "Login failed", "wrong user name or password")
         async with self._pools.pool.acquire() as conn:
             wait = await throttled(conn, self._throttle, username, ip)
@@ -119,7 +119,7 @@ class LoginResource:
         async with conn.transaction():
             ok = await second_factor_ok(conn, self._api.box, row["id"], code)
         if not ok:
-            await record_failure(conn, row["username"], req.remote_addr)
+            await record_failure(conn, row["username"], req.context.client_ip)
             await audit_request(
                 conn, req, "auth.login", detail={"reason": "second factor"},
                 actor=row["username"], event_id=audit.USER_AUTHENTICATION, outcome="failure",
