@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -72,9 +71,10 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gateway(workdir: Path) -> Iterator[Gateway]:
-    """One gateway per test module, with its own embedded PostgreSQL."""
+    """One gateway for the e2e tests, on its own embedded PostgreSQL; tests make
+    users and destinations of their own names."""
     state = workdir / f"e2e-{os.urandom(4).hex()}"
     state.mkdir(mode=0o755)
     with running(Gateway(state, None, config_yaml=FORWARDER_CONFIG)) as gw:
@@ -86,9 +86,16 @@ def base_url(gateway: Gateway) -> str:
 
 
 @pytest.fixture
-def page(browser: Browser, gateway: Gateway) -> Iterator[Page]:
+def expected_console() -> list[str]:
+    """Patterns of browser console errors a test provokes on purpose: by default
+    the 401s of a login form and of probing /me, and 429 lockouts."""
+    return [r"status of 401", r"status of 429"]
+
+
+@pytest.fixture
+def page(browser: Browser, gateway: Gateway, expected_console: list[str]) -> Iterator[Page]:
     """A fresh browser context (no cookies) on the gateway, failing the test on
-    any console error or CSP violation the page reports."""
+    any other console error or CSP violation the page reports."""
     context = browser.new_context(
         base_url=base_url(gateway), viewport={"width": 1280, "height": 900}
     )
@@ -98,8 +105,7 @@ def page(browser: Browser, gateway: Gateway) -> Iterator[Page]:
     opened.on("pageerror", lambda e: errors.append(str(e)))
     yield opened
     context.close()
-    # 401s of the login form and of probing /me are expected answers, not errors.
-    unexpected = [e for e in errors if not re.search(r"status of 401|status of 429", e)]
+    unexpected = [e for e in errors if not any(re.search(p, e) for p in expected_console)]
     assert unexpected == []
 
 
@@ -126,11 +132,6 @@ def log_in(page: Page, username: str, password: str, code: str | None = None) ->
 def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
-
-
-def wait_ready(gateway: Gateway) -> None:
-    """The API answers (serve waits for the port; the workers' pool may lag)."""
-    httpx.get(f"{base_url(gateway)}/api/v1/health/live", timeout=10).raise_for_status()
 
 
 class StoreSCP:

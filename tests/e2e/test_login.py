@@ -6,8 +6,9 @@ import re
 
 from playwright.sync_api import Page, expect
 
+from tests.api.conftest import Client
 from tests.e2e.conftest import log_in, screenshot
-from tests.gateway import ADMIN_PASSWORD
+from tests.gateway import ADMIN_PASSWORD, Gateway
 
 LOGIN = re.compile(r"/login(\?.*)?$")
 
@@ -41,3 +42,51 @@ def test_a_reloaded_page_keeps_its_session_and_csrf_token(page: Page) -> None:
     expect(page).to_have_url(LOGIN)
     page.goto("/")
     expect(page).to_have_url(LOGIN)
+
+
+def test_lockout_says_how_long_to_wait(page: Page, api: Client) -> None:
+    password = "locked-out-password"
+    assert (
+        api.post(
+            "/users", json={"username": "lou", "role": "viewer", "password": password}
+        ).status_code
+        == 201
+    )
+    page.goto("/login")
+    page.get_by_label("User name").fill("lou")
+    for _ in range(5):
+        page.get_by_label("Password").fill("wrong-password")
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_role("alert")).to_contain_text("Wrong user name or password")
+    # Even the right password now waits for the window (15 min) to pass.
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text(re.compile(r"Too many failed logins: try again in 1[45] min"))
+    expect(page.get_by_role("button", name="Log in")).to_be_disabled()
+    screenshot(page, "15-login-lockout")
+
+
+def test_an_ended_session_sends_back_to_login_saying_so(
+    page: Page, api: Client, gateway: Gateway
+) -> None:
+    password = "expiring-password-1"
+    assert (
+        api.post(
+            "/users", json={"username": "eve", "role": "viewer", "password": password}
+        ).status_code
+        == 201
+    )
+    log_in(page, "eve", password)
+    # The same user elsewhere ends this browser's session.
+    other = Client(gateway)
+    assert other.login("eve", password).status_code == 200
+    sessions = other.get("/me/sessions").json()["items"]
+    for session in sessions:
+        if not session["current"]:
+            assert other.delete(f"/me/sessions/{session['id']}").status_code == 204
+    other.http.close()
+    page.get_by_role("link", name="Studies").click()
+    expect(page).to_have_url(LOGIN)
+    expect(page.get_by_role("status")).to_contain_text("Your session has ended")
+    log_in(page, "eve", password)
