@@ -48,6 +48,7 @@ def test_every_responder_declares_its_roles() -> None:
         "/api/v1/auth/login on_post",
         "/api/v1/health/live on_get",
         "/api/v1/health/ready on_get",
+        "/api/v1/openapi.yaml on_get",  # no PHI, no secrets; clients read it before login
         "/metrics on_get",  # guarded by its own token / network check (test_metrics)
     ]
 
