@@ -44,7 +44,7 @@ from tests.integration.test_receiver_failures import p_command, pdv
 from tests.interop.corpus import Peer, send_with_pynetdicom, small_images
 
 TOKEN = "metrics-token-for-tests"
-SESSION_ROUTE = "/api/v1/me/sessions/{session_id:int}"
+SESSION_ROUTE = "/api/v1/me/sessions/{session_id:id}"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 # Until app.ROUTES lists it; once it does, adding it again would time requests twice.
 ROUTES_WITH_METRICS = (

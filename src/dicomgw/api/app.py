@@ -17,7 +17,7 @@ import orjson
 
 from dicomgw.api import problems
 from dicomgw.api.auth import AuthMiddleware, Throttle
-from dicomgw.api.context import PREFIX, ApiContext, App, RouteAdder
+from dicomgw.api.context import PREFIX, ROW_ID, ApiContext, App, RouteAdder, RowIdConverter
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
 from dicomgw.api.resources import (
     audit_log,
@@ -53,10 +53,10 @@ def _core_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{PREFIX}/me/password", MePasswordResource(api.pools))
     sessions = MySessionsResource(api.pools)
     app.add_route(f"{PREFIX}/me/sessions", sessions)
-    app.add_route(f"{PREFIX}/me/sessions/{{session_id:int}}", sessions, suffix="one")
+    app.add_route(f"{PREFIX}/me/sessions/{{session_id:id}}", sessions, suffix="one")
     users = UsersResource(api.pools)
     app.add_route(f"{PREFIX}/users", users)
-    app.add_route(f"{PREFIX}/users/{{user_id:int}}", users, suffix="one")
+    app.add_route(f"{PREFIX}/users/{{user_id:id}}", users, suffix="one")
 
 
 ROUTES: tuple[RouteAdder, ...] = (
@@ -95,6 +95,7 @@ def create_app(
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.set_error_serializer(problems.serialize)
+    app.router_options.converters[ROW_ID] = RowIdConverter
     api = ApiContext(config, pools, throttle or Throttle())
     for add in routes:
         add(app, api)

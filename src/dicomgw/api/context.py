@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import falcon.asgi
+import falcon.routing
 
 from dicomgw.api.auth import Throttle
 from dicomgw.api.middleware import PoolMiddleware
@@ -15,6 +16,9 @@ from dicomgw.config import Config
 from dicomgw.forward.secrets import SecretBox
 
 PREFIX = "/api/v1"
+ROW_ID = "id"
+"""The converter of row ids in routes: ``{user_id:id}``."""
+BIGINT_MAX = 2**63 - 1
 
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
@@ -29,6 +33,14 @@ class ApiContext:
     def box(self) -> SecretBox:
         """The state directory's secrets key, opened on first use (TOTP secrets)."""
         return SecretBox.open(self.config.state_path)
+
+
+class RowIdConverter(falcon.routing.IntConverter):
+    """A row id in a path: a bigint identity, 1 to 2**63 - 1. Anything else matches
+    no route (404), rather than overflowing in the database driver (500)."""
+
+    def __init__(self) -> None:
+        super().__init__(min=1, max=BIGINT_MAX)
 
 
 RouteAdder = Callable[[App, ApiContext], None]

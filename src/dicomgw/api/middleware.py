@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import falcon.asgi
 
+from dicomgw.api.problems import invalid, not_found
 from dicomgw.config import Config
 from dicomgw.db.pool import create_pool
 from dicomgw.errors import DicomGwError
@@ -50,6 +51,17 @@ class PoolMiddleware:
             await self._pool.close()
 
 
+def _refuse_nul(req: falcon.asgi.Request) -> None:
+    """PostgreSQL text cannot hold NUL (%00): no UID or name has one, so a path with
+    it names nothing and a query parameter with it matches nothing."""
+    if "\x00" in req.path:
+        raise not_found("a path with a NUL character (%00)")
+    for name, value in req.params.items():
+        values = value if isinstance(value, list) else [value]
+        if "\x00" in name or any("\x00" in v for v in values):
+            raise invalid(f"query parameter '{name}' holds a NUL character (%00)", field=name)
+
+
 class RequestMiddleware:
     def __init__(self, behind_https: bool) -> None:
         self._behind_https = behind_https
@@ -60,6 +72,7 @@ class RequestMiddleware:
         request_id = given if 8 <= len(given) <= 64 and given.isascii() else secrets.token_hex(8)
         req.context.request_id = request_id
         context_id.set(f"req-{request_id}")
+        _refuse_nul(req)
 
     async def process_response(
         self,

@@ -77,6 +77,8 @@ def serialize(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError)
     }
     if exc.description:
         body["detail"] = exc.description
+    elif isinstance(exc, falcon.HTTPRouteNotFound):
+        body["detail"] = f"nothing at {req.path} (ids in paths are whole numbers from 1)"
     body.update(getattr(exc, "extensions", {}))
     request_id = getattr(req.context, "request_id", None)
     if request_id:

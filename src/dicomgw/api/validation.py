@@ -1,5 +1,5 @@
-"""Request bodies: JSON objects with the fields a responder expects, or a 422
-naming the field."""
+"""Request bodies and query values: JSON objects with the fields a responder
+expects, whole numbers in a range, no NUL characters; or a 422 naming the field."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ async def body_of(
         raise invalid("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
+    for name, value in body.items():
+        if _holds_nul(name) or _holds_nul(value):
+            # PostgreSQL text cannot hold it; said here rather than failing there.
+            raise invalid(f"'{name}' holds a NUL character (\\u0000)", field=name)
     allowed = {**required, **(optional or {})}
     for name in body:
         if name not in allowed:
@@ -41,3 +45,24 @@ async def body_of(
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise invalid(f"'{name}' must be a {kind.__name__}", field=name)
     return body
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def whole_number(raw: str | None, name: str, high: int, low: int = 1) -> int | None:
+    """A query parameter's whole number from ``low`` to ``high``, or None when absent."""
+    if raw is None:
+        return None
+    # NOTE: isdigit() alone takes '²', and int() refuses thousands of digits.
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
+    if value is None or not low <= value <= high:
+        raise invalid(f"'{name}' must be a whole number from {low} to {high}", field=name)
+    return value

@@ -17,15 +17,17 @@ import orjson
 from dicomgw import audit
 from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import allow
-from dicomgw.api.context import PREFIX, ApiContext, App
-from dicomgw.api.problems import invalid
+from dicomgw.api.context import BIGINT_MAX, PREFIX, ApiContext, App
+from dicomgw.api.problems import Problem, invalid
 from dicomgw.api.spreadsheet import cell
+from dicomgw.api.validation import whole_number
 
 COLUMNS = (
     "id", "at", "actor", "action", "target", "outcome", "event_id", "source_ip", "request_id",
     "detail",
 )  # fmt: skip
 MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
 CSV_BATCH = 1000
 
 
@@ -92,12 +94,13 @@ class AuditResource:
     @allow("auditor")
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         where, args = _filters(req)
-        limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_LIMIT) or 100
+        limit = whole_number(req.get_param("limit") or None, "limit", MAX_LIMIT) or DEFAULT_LIMIT
         cursor = req.get_param("cursor")
         if cursor:
             try:
-                before = int(base64.urlsafe_b64decode(cursor.encode()).decode())
-            except (ValueError, UnicodeDecodeError):
+                raw = base64.urlsafe_b64decode(cursor.encode()).decode()
+                before = whole_number(raw, "cursor", BIGINT_MAX)
+            except (ValueError, Problem):
                 raise invalid("'cursor' is not one this API returned", field="cursor") from None
             args.append(before)
             where += f" AND id < ${len(args)}"

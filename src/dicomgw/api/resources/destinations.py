@@ -424,7 +424,7 @@ class DestinationsResource:
 
 def add_routes(app: App, api: ApiContext) -> None:
     destinations = DestinationsResource(api)
-    one = f"{PREFIX}/destinations/{{destination_id:int}}"
+    one = f"{PREFIX}/destinations/{{destination_id:id}}"
     app.add_route(f"{PREFIX}/destinations", destinations)
     app.add_route(one, destinations, suffix="one")
     for action in ("pause", "resume", "echo"):

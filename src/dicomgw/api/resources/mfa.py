@@ -195,4 +195,4 @@ def add_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{PREFIX}/me/totp/recovery-codes", totp, suffix="recovery")
     tokens = TokensResource(api)
     app.add_route(f"{PREFIX}/me/tokens", tokens)
-    app.add_route(f"{PREFIX}/me/tokens/{{token_id:int}}", tokens, suffix="one")
+    app.add_route(f"{PREFIX}/me/tokens/{{token_id:id}}", tokens, suffix="one")

@@ -18,7 +18,7 @@ import falcon.asgi
 
 from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import allow
-from dicomgw.api.context import PREFIX, ApiContext, App
+from dicomgw.api.context import BIGINT_MAX, PREFIX, ApiContext, App
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.resources.destinations import (
     JOB_STATES,
@@ -28,12 +28,11 @@ from dicomgw.api.resources.destinations import (
     fetch_destination,
     queue_stats,
 )
-from dicomgw.api.validation import body_of
+from dicomgw.api.validation import body_of, whole_number
 from dicomgw.queue import jobs
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-BIGINT_MAX = 2**63 - 1
 LIST_PARAMETERS = ("state", "destination_id", "study_instance_uid", "cursor", "limit")
 
 SELECT = """
@@ -83,31 +82,14 @@ def _query(req: falcon.asgi.Request) -> dict[str, str]:
     return params
 
 
-def _digits(raw: str) -> int | None:
-    # NOTE: isdigit() alone takes '²', and int() refuses thousands of digits.
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
-
-
-def _number(raw: str | None, name: str, high: int) -> int | None:
-    if raw is None:
-        return None
-    value = _digits(raw)
-    if value is None or not 1 <= value <= high:
-        raise invalid(f"'{name}' must be an integer from 1 to {high}", field=name)
-    return value
-
-
 def _cursor(raw: str | None) -> int | None:
     """The job id a page ends with: opaque to clients, who only pass it back."""
     if raw is None:
         return None
     try:
-        job_id = _digits(base64.urlsafe_b64decode(raw.encode()).decode())
-    except ValueError:
-        job_id = None
-    if job_id is None:
-        raise invalid("'cursor' is not one this API returned", field="cursor")
-    return job_id
+        return whole_number(base64.urlsafe_b64decode(raw.encode()).decode(), "cursor", BIGINT_MAX)
+    except (ValueError, Problem):
+        raise invalid("'cursor' is not one this API returned", field="cursor") from None
 
 
 class JobsResource:
@@ -125,7 +107,7 @@ class JobsResource:
             if state not in JOB_STATES:
                 raise invalid(f"'state' must be one of {', '.join(JOB_STATES)}", field="state")
             filters.append(("j.state = {}", state))
-        destination_id = _number(params.get("destination_id"), "destination_id", BIGINT_MAX)
+        destination_id = whole_number(params.get("destination_id"), "destination_id", BIGINT_MAX)
         if destination_id is not None:
             filters.append(("j.destination_id = {}", destination_id))
         if "study_instance_uid" in params:
@@ -133,7 +115,7 @@ class JobsResource:
         cursor = _cursor(params.get("cursor"))
         if cursor is not None:
             filters.append(("j.id < {}", cursor))
-        limit = _number(params.get("limit"), "limit", MAX_LIMIT) or DEFAULT_LIMIT
+        limit = whole_number(params.get("limit"), "limit", MAX_LIMIT) or DEFAULT_LIMIT
         # NOTE: only the filters given go into the SQL, so each query gets a plan
         # for what it filters on (no "$1 IS NULL OR ..." for every parameter).
         clauses = [sql.format(f"${n}") for n, (sql, _) in enumerate(filters, start=1)]
@@ -281,13 +263,13 @@ class QueueStatsResource:
 
 def add_routes(app: App, api: ApiContext) -> None:
     jobs_resource = JobsResource(api)
-    one = f"{PREFIX}/queue/jobs/{{job_id:int}}"
+    one = f"{PREFIX}/queue/jobs/{{job_id:id}}"
     app.add_route(f"{PREFIX}/queue/jobs", jobs_resource)
     app.add_route(one, jobs_resource, suffix="one")
     app.add_route(f"{one}/retry", jobs_resource, suffix="retry")
     app.add_route(f"{one}/cancel", jobs_resource, suffix="cancel")
     app.add_route(f"{PREFIX}/queue/stats", QueueStatsResource(api))
     per_destination = DestinationQueueResource(api)
-    destination = f"{PREFIX}/destinations/{{destination_id:int}}"
+    destination = f"{PREFIX}/destinations/{{destination_id:id}}"
     app.add_route(f"{destination}/retry-dead", per_destination, suffix="retry_dead")
     app.add_route(f"{destination}/replay", per_destination, suffix="replay")

@@ -333,6 +333,6 @@ class DryRunResource:
 def add_routes(app: App, api: ApiContext) -> None:
     rules = RulesResource(api)
     app.add_route(f"{PREFIX}/rules", rules)
-    app.add_route(f"{PREFIX}/rules/{{rule_id:int}}", rules, suffix="one")
+    app.add_route(f"{PREFIX}/rules/{{rule_id:id}}", rules, suffix="one")
     app.add_route(f"{PREFIX}/rules/order", RuleOrderResource(api))
     app.add_route(f"{PREFIX}/rules/dry-run", DryRunResource(api))

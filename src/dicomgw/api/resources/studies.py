@@ -32,6 +32,7 @@ from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.storedfile import StoredFile
+from dicomgw.api.validation import whole_number
 from dicomgw.errors import DicomGwError
 from dicomgw.storage import deletions
 from dicomgw.storage.layout import StoredFileMissing
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 READERS = ("viewer", "operator")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+INTEGER_MAX = 2**31 - 1
+"""instances.version is an integer column."""
 MAX_TEXT = 64
 """Longest accepted search text: LO and PN component groups are 64 characters."""
 
@@ -198,10 +201,7 @@ def _ordered(low: dt.date | None, high: dt.date | None, name: str) -> None:
 
 
 def _limit(params: dict[str, str]) -> int:
-    value = params.get("limit", str(DEFAULT_LIMIT))
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-        raise invalid(f"'limit' must be an integer from 1 to {MAX_LIMIT}", field="limit")
-    return int(value)
+    return whole_number(params.get("limit"), "limit", MAX_LIMIT) or DEFAULT_LIMIT
 
 
 def _encode_cursor(*key: object) -> str:
@@ -573,13 +573,9 @@ class InstanceFileResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sop_instance_uid: str
     ) -> None:
         params = _params(req, ("version",))
-        version = params.get("version")
-        if version is not None and (not version.isdigit() or not 1 <= int(version) < 2**31):
-            raise invalid("'version' is a positive integer", field="version")
+        version = whole_number(params.get("version"), "version", INTEGER_MAX)
         async with self._pools.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                INSTANCE_FILE, sop_instance_uid, int(version) if version else None
-            )
+            row = await conn.fetchrow(INSTANCE_FILE, sop_instance_uid, version)
             if row is None:
                 what = f" version {version}" if version else ""
                 raise not_found(f"instance {sop_instance_uid}{what}")
