@@ -58,7 +58,10 @@ def _require(ok: bool, why: str) -> None:
         pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
+# NOTE: package scope, not session: while Playwright's sync API runs, its event
+# loop is the thread's running loop, and the async tests after tests/e2e could
+# not start theirs.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     _require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
     _require(
@@ -71,7 +74,7 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gateway(workdir: Path) -> Iterator[Gateway]:
     """One gateway for the e2e tests, on its own embedded PostgreSQL; tests make
     users and destinations of their own names."""
