@@ -9,7 +9,9 @@ import asyncpg
 import pytest
 
 from dicomgw import audit
+from dicomgw.config import DatabaseConfig
 from dicomgw.db import migrate
+from dicomgw.db.pool import APP_ROLE, create_pool
 from tests.cli import cli_env, run_cli
 
 
@@ -97,3 +99,22 @@ async def test_tampering_is_detected(
     assert code == 1
     assert f"TAMPERED at row id {first + bad_row - 1}" in out
     assert problem in out
+
+
+async def test_the_gateway_role_cannot_change_the_log(db: str) -> None:
+    """Before the trigger: the pools' role holds no UPDATE, DELETE or TRUNCATE on it."""
+    pool = await create_pool(db, DatabaseConfig())
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT current_user") == APP_ROLE
+            await audit.record(conn, actor="bob", action="study.view")
+            for statement in (
+                "UPDATE audit_log SET actor = 'mallory'",
+                "DELETE FROM audit_log",
+                "TRUNCATE audit_log",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+            assert await conn.fetchval("SELECT count(*) FROM audit_log") == 6
+    finally:
+        await pool.close()
