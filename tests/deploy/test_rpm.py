@@ -5,14 +5,25 @@ runs from /opt/dicom-gw."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import tomllib
+import uuid
 from pathlib import Path
+from typing import IO
 
+import httpx
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicomgw.config import SYSTEM_STATE_DIR
 from tests.deploy.conftest import PREFIX, ROOT, require_tool
+from tests.gateway import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -199,22 +210,35 @@ def test_requires_only_what_the_virtualenv_does_not_hold(package: Path) -> None:
     assert provides == {"dicom-gw", "dicom-gw(x86-64)"}
 
 
-def test_the_virtualenv_runs_at_opt_dicom_gw(package: Path, tmp_path: Path) -> None:
-    """Installed into a scratch root, then seen at /opt/dicom-gw in a private mount
-    namespace: the entry point's shebang, sys.prefix and the packaged defaults."""
+def require_root() -> str:
+    """unshare, for a private mount namespace (which needs root)."""
     unshare = require_tool("unshare", "util-linux")
     if os.geteuid() != 0:
         message = "mounting in a private namespace needs root"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    root = tmp_path / "root"
+    return unshare
+
+
+@pytest.fixture(scope="module")
+def installed(package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package installed (without its scripts) into a scratch root."""
+    root = tmp_path_factory.mktemp("installed")
     subprocess.run(
         ["rpm", "-i", "--root", str(root), "--nodeps", "--noscripts", str(package)],
         capture_output=True,
         check=True,
         timeout=300,
     )
+    return root
+
+
+def test_the_virtualenv_runs_at_opt_dicom_gw(installed: Path) -> None:
+    """Seen at /opt/dicom-gw in a private mount namespace: the entry point's
+    shebang, sys.prefix and the packaged defaults."""
+    unshare = require_root()
+    root = installed
     assert (
         (root / PREFIX.lstrip("/") / "bin" / "dicom-gw")
         .read_text()
@@ -245,3 +269,90 @@ def test_the_virtualenv_runs_at_opt_dicom_gw(package: Path, tmp_path: Path) -> N
         "state_dir: /var/lib/dicom-gw",
         f"{root}/etc/dicom-gw/dicom-gw.yaml: ok",
     ]
+
+
+def test_installed_gateway_serves_on_a_read_only_system(
+    package: Path, installed: Path, workdir: Path
+) -> None:
+    """`dicom-gw serve` from the package, as the unit runs it: as dicomgw (the
+    package's own %pre creates the user), on a file system read-only but for
+    /var/lib/dicom-gw (ProtectSystem=strict, ReadWritePaths), with the embedded
+    PostgreSQL from the wheel; READY=1 once serving and STOPPING=1 on SIGTERM
+    (Type=notify), the packaged web UI served, a C-ECHO answered."""
+    unshare = require_root()
+    subprocess.run(["sh", "-c", scriptlets(package)["preinstall"]], check=True, timeout=60)
+    user = pwd.getpwnam("dicomgw")
+    state = workdir / f"rpm-state-{uuid.uuid4().hex[:8]}"
+    state.mkdir(mode=0o751)
+    os.chown(state, user.pw_uid, user.pw_gid)
+    config = state / "dicom-gw.yaml"
+    shutil.copy(installed / "etc/dicom-gw/dicom-gw.yaml", config)
+    os.chown(config, 0, user.pw_gid)
+    dimse_port, api_port = free_port(), free_port()
+    notify_name = f"dicomgw-test-{uuid.uuid4().hex}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DICOMGW_", "PYTHON"))},
+        "DICOMGW_CONFIG": f"{SYSTEM_STATE_DIR}/dicom-gw.yaml",
+        "DICOMGW_DIMSE__HOST": "127.0.0.1",
+        "DICOMGW_DIMSE__PORT": str(dimse_port),
+        "DICOMGW_API__PORT": str(api_port),
+        "DICOMGW_ADMIN_PASSWORD": "test-admin-password",
+        # NOTE: a test machine's disk may be over the 90% default.
+        "DICOMGW_STORAGE__HIGH_WATERMARK_PERCENT": "100",
+        "DICOMGW_STORAGE__LOW_WATERMARK_PERCENT": "99.9",
+        "NOTIFY_SOCKET": f"@{notify_name}",
+    }
+    script = f"""
+        set -e
+        mount --bind /tmp /tmp
+        mount -t tmpfs none /opt
+        mkdir {PREFIX}
+        mount --bind {installed}{PREFIX} {PREFIX}
+        mount -o remount,bind,ro {PREFIX}
+        mount -t tmpfs none /var/lib
+        mkdir {SYSTEM_STATE_DIR}
+        mount --bind {state} {SYSTEM_STATE_DIR}
+        mount -o remount,bind,ro /
+        exec setpriv --reuid=dicomgw --regid=dicomgw --init-groups {PREFIX}/bin/dicom-gw serve
+    """
+    log = (state.parent / f"{state.name}.log").open("w+")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(f"\0{notify_name}")
+        notify.settimeout(120)
+        proc = subprocess.Popen(
+            [unshare, "--mount", "sh", "-c", script], env=env, stdout=log, stderr=log
+        )
+        try:
+            assert notify.recv(4096) == b"READY=1", _tail(log)
+            ui = httpx.get(f"http://127.0.0.1:{api_port}/", timeout=30)
+            assert ui.status_code == 200
+            assert (installed / PREFIX.lstrip("/") / "share/dicom-gw/webui/index.html").exists()
+            assert (
+                ui.text
+                == (installed / PREFIX.lstrip("/") / "share/dicom-gw/webui/index.html").read_text()
+            )
+            ready = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health/ready", timeout=30)
+            assert ready.status_code == 200, ready.text
+            ae = AE(ae_title="RPMTEST")
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", dimse_port, ae_title="DICOMGW")
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0x0000
+            assoc.release()
+            proc.send_signal(signal.SIGTERM)
+            assert notify.recv(4096) == b"STOPPING=1"
+            assert proc.wait(60) == 0, _tail(log)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+            log.close()
+    # What it wrote, it wrote in the state directory.
+    assert (state / "pg" / "PG_VERSION").exists()
+    assert (state / "storage").is_dir()
+
+
+def _tail(log: IO[str]) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()[-3000:]
