@@ -56,6 +56,8 @@ QUEUE_STATES = ("pending", "leased", "dead")
 
 STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+INDEX_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+INDEX_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -132,13 +134,17 @@ class ServeMetrics:
             buckets=STORE_BUCKETS,
             registry=registry,
         )
-        self.index_batches = counter("dicomgw_index_batches", "Index transactions (batches).")
-        self.index_instances = counter("dicomgw_index_instances", "Instances in index batches.")
-        self.index_last_batch_size = gauge(
-            "dicomgw_index_last_batch_size", "Instances in the latest index batch."
+        self.index_batch_size = Histogram(
+            "dicomgw_index_batch_size",
+            "Instances per index transaction (count: transactions, sum: instances).",
+            buckets=INDEX_SIZE_BUCKETS,
+            registry=registry,
         )
-        self.index_last_batch_duration = gauge(
-            "dicomgw_index_last_batch_duration_seconds", "How long the latest index batch took."
+        self.index_batch_duration = Histogram(
+            "dicomgw_index_batch_duration_seconds",
+            "How long index transactions took, from the first statement to the COMMIT.",
+            buckets=INDEX_DURATION_BUCKETS,
+            registry=registry,
         )
         self.disk_free = gauge(
             "dicomgw_disk_free_bytes", "Bytes available to dicom-gw under storage.root."
@@ -187,6 +193,11 @@ class ServeMetrics:
         self.store_duration.labels("failure").observe(seconds)
         self.store_failures.labels(f"0x{status:04X}").inc()
 
+    def observe_index_batch(self, size: int, seconds: float) -> None:
+        """Once per index transaction."""
+        self.index_batch_size.observe(size)
+        self.index_batch_duration.observe(seconds)
+
     def observe_send(self, destination: str, seconds: float) -> None:
         self.forward_duration.labels(destination).observe(seconds)
 
@@ -215,11 +226,6 @@ class ServeMetrics:
         _advance(seen, "stored", stored, service.stored)
         duplicate = self.instances_received.labels("duplicate")
         _advance(seen, "duplicates", duplicate, service.duplicates)
-        batcher = receiver.batcher
-        _advance(seen, "batches", self.index_batches, batcher.batches)
-        _advance(seen, "indexed", self.index_instances, batcher.instances)
-        self.index_last_batch_size.set(batcher.last_batch_size)
-        self.index_last_batch_duration.set(batcher.last_batch_seconds)
         disk = receiver.disk
         disk.accepting()  # measures again if its last look is stale
         self.disk_free.set(disk.free_bytes)

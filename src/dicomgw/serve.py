@@ -164,7 +164,12 @@ async def _serve(config: Config, config_file: str | None) -> None:
     metrics = ServeMetrics()
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
     await _first_admin(pool)
-    receiver = Receiver(config, pool, on_store_answered=metrics.observe_store)
+    receiver = Receiver(
+        config,
+        pool,
+        on_store_answered=metrics.observe_store,
+        on_index_batch=metrics.observe_index_batch,
+    )
     forwarder = await start_forwarder(config, pool, on_sent=metrics.observe_send)
     try:
         await receiver.start()
@@ -205,7 +210,12 @@ async def _receive_only(config: Config) -> None:
     stop = _stop_on_signals()
     metrics = ServeMetrics()
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
-    receiver = Receiver(config, pool, on_store_answered=metrics.observe_store)
+    receiver = Receiver(
+        config,
+        pool,
+        on_store_answered=metrics.observe_store,
+        on_index_batch=metrics.observe_index_batch,
+    )
     try:
         await receiver.start()
         _watch_certificates(config, receiver)

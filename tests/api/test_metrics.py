@@ -202,11 +202,6 @@ class FakeReceiver:
     counters: ListenerCounters = field(default_factory=ListenerCounters)
     limits: Any = field(default_factory=lambda: SimpleNamespace(active=0))
     service: Any = field(default_factory=lambda: SimpleNamespace(stored=0, duplicates=0))
-    batcher: Any = field(
-        default_factory=lambda: SimpleNamespace(
-            batches=0, instances=0, last_batch_size=0, last_batch_seconds=0.0
-        )
-    )
     disk: FakeDisk = field(default_factory=FakeDisk)
 
 
@@ -232,8 +227,6 @@ def test_update_copies_running_totals_once() -> None:
     receiver.counters.rejected[9, 9] = 1
     receiver.counters.closed_bytes_in, receiver.counters.closed_dataset_bytes_in = 1000, 800
     receiver.service.stored, receiver.service.duplicates = 4, 1
-    receiver.batcher.batches, receiver.batcher.instances = 2, 5
-    receiver.batcher.last_batch_size, receiver.batcher.last_batch_seconds = 3, 0.004
     receiver.disk.free_bytes, receiver.disk.used_percent = 12345, 42.0
     first = FakeRunner("pacs", delivered=4, failed=2, dead=1)
     forwarder.runners[1] = first
@@ -247,9 +240,6 @@ def test_update_copies_running_totals_once() -> None:
     assert sample("dicomgw_received_dataset_bytes_total") == 800
     assert sample("dicomgw_instances_received_total", outcome="stored") == 4
     assert sample("dicomgw_instances_received_total", outcome="duplicate") == 1
-    assert sample("dicomgw_index_batches_total") == 2
-    assert sample("dicomgw_index_instances_total") == 5
-    assert sample("dicomgw_index_last_batch_size") == 3
     assert sample("dicomgw_disk_free_bytes") == 12345
     assert sample("dicomgw_disk_used_ratio") == 0.42
     assert sample("dicomgw_disk_refusing") == 0
@@ -431,8 +421,9 @@ def test_one_scrape_shows_every_role(
     assert value(samples, "dicomgw_cstore_duration_seconds_count", outcome="success") == n
     assert value(samples, "dicomgw_cstore_duration_seconds_count", outcome="failure") == 1
     assert value(samples, "dicomgw_store_failures_total", status="0xA900") == 1
-    assert value(samples, "dicomgw_index_instances_total") == n
-    assert cast(float, value(samples, "dicomgw_index_batches_total")) >= 1
+    assert value(samples, "dicomgw_index_batch_size_sum") == n
+    assert cast(float, value(samples, "dicomgw_index_batch_size_count")) >= 1
+    assert cast(float, value(samples, "dicomgw_index_batch_duration_seconds_count")) >= 1
     assert cast(float, value(samples, "dicomgw_disk_free_bytes")) > 0
     assert value(samples, "dicomgw_disk_refusing") == 0
     # The forwarder: everything delivered to one destination, the other down.

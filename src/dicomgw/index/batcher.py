@@ -304,6 +304,10 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(INGEST_FUNCTION)
 
 
+BatchObserver = Callable[[int, float], None]
+"""Told of each index transaction: (instances, seconds)."""
+
+
 class IndexBatcher:
     def __init__(
         self,
@@ -315,8 +319,10 @@ class IndexBatcher:
         same_content: SameContent,
         timeout_s: float,
         router: Router = lambda record: (),
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self._timeout_s = timeout_s
+        self._on_batch = on_batch or (lambda size, seconds: None)
         self._router = router
         self._pool = pool
         self._same_content = same_content
@@ -328,11 +334,6 @@ class IndexBatcher:
         )
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
-        # Read by the metrics collector.
-        self.batches = 0
-        self.instances = 0
-        self.last_batch_size = 0
-        self.last_batch_seconds = 0.0
         self._since_vacuum = 0
 
     def start(self) -> None:
@@ -374,10 +375,7 @@ class IndexBatcher:
                     batch.append(self._queue.get_nowait())
             started = time.perf_counter()
             results = await self._write_or_split([record for record, _ in batch])
-            self.batches += 1
-            self.instances += len(batch)
-            self.last_batch_size = len(batch)
-            self.last_batch_seconds = time.perf_counter() - started
+            self._on_batch(len(batch), time.perf_counter() - started)
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue

@@ -20,7 +20,7 @@ from dicomgw.association.tls import server_context
 from dicomgw.config import Config
 from dicomgw.errors import DicomGwError
 from dicomgw.forward.rules import RoutingTable
-from dicomgw.index.batcher import IndexBatcher
+from dicomgw.index.batcher import BatchObserver, IndexBatcher
 from dicomgw.receiver.recovery import recover
 from dicomgw.receiver.refusals import RefusalAuditor
 from dicomgw.receiver.store import StorageService
@@ -43,7 +43,12 @@ def index_timeout_s(config: Config) -> float:
 
 class Receiver:
     def __init__(
-        self, config: Config, pool: asyncpg.Pool, *, on_store_answered: StoreObserver | None = None
+        self,
+        config: Config,
+        pool: asyncpg.Pool,
+        *,
+        on_store_answered: StoreObserver | None = None,
+        on_index_batch: BatchObserver | None = None,
     ) -> None:
         layout = prepare_storage(config.storage_root)
         self._executor = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="commit")
@@ -60,6 +65,7 @@ class Receiver:
             same_content=self.spool.same_dataset,
             timeout_s=index_timeout_s(config),
             router=self.routing.route,
+            on_batch=on_index_batch,
         )
         self.limits = AssociationLimits(config.dimse)
         self.refusals = RefusalAuditor(pool)
