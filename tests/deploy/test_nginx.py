@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dicomgw.api.auth import SESSION_COOKIE
 from tests.conftest import _create_database, with_database
 from tests.deploy.nginx import ACME_TOKEN, ASSET, INDEX_HTML, Site, check, running
-from tests.gateway import Gateway
+from tests.gateway import ADMIN_PASSWORD, Gateway
 from tests.gateway import running as gateway_running
 
 GATEWAY_CONFIG = """\
@@ -116,6 +117,31 @@ def test_api_through_nginx_has_each_header_once(https: httpx.Client) -> None:
         live.headers["content-security-policy"]
     ]
     assert live.headers["cache-control"] == "no-store"  # the API's, not the UI's
+
+
+def test_the_api_sees_the_address_nginx_saw_not_a_forged_one(
+    gateway: Gateway, https: httpx.Client
+) -> None:
+    """nginx replaces X-Forwarded-For; the API (trusted_proxies: [127.0.0.1])
+    records the address it names. Sent straight to the API from 127.0.0.1 the same
+    header is believed, which shows that the check can tell."""
+    forged = {"X-Forwarded-For": "203.0.113.9"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.api_port}", timeout=30) as direct:
+        login = direct.post(
+            "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        assert login.status_code == 200
+        # NOTE: sent by hand: the cookie is Secure (behind_https), httpx keeps it off http.
+        cookie = {"Cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE]}"}
+        through = https.get("/api/v1/audit", params={"limit": 1}, headers=cookie | forged)
+        straight = direct.get("/api/v1/audit", params={"limit": 1}, headers=cookie | forged)
+        assert through.status_code == straight.status_code == 200
+        rows = direct.get(
+            "/api/v1/audit", params={"action": "audit.search", "limit": 20}, headers=cookie
+        ).json()["items"]
+    address = {row["request_id"]: row["source_ip"] for row in rows}
+    assert address[through.headers["x-request-id"]] == "127.0.0.1"
+    assert address[straight.headers["x-request-id"]] == "203.0.113.9"
 
 
 def _handshake(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
@@ -231,11 +257,11 @@ def test_upload_size_limit_is_4g(site: Site, https: httpx.Client) -> None:
 
 
 def test_login_is_rate_limited(https: httpx.Client) -> None:
-    """10 a minute per address with a burst of 5: the 7th at once is nginx's 429.
-    Each attempt names another user, so the API's own throttle (5 per user) is
-    not what answers."""
+    """10 a minute per address with a burst of 5: the 7th at once (or sooner) is
+    nginx's 429. Each attempt names another user, so the API's own throttle (5
+    per user) is not what answers."""
     statuses = []
-    for _ in range(8):
+    for _ in range(10):
         answer = https.post(
             "/api/v1/auth/login",
             json={"username": f"nobody-{uuid.uuid4().hex[:8]}", "password": "wrong"},
@@ -244,5 +270,6 @@ def test_login_is_rate_limited(https: httpx.Client) -> None:
         if answer.status_code == 429:
             assert "application/problem+json" not in answer.headers.get("content-type", "")
             break
-    assert statuses[:6] == [401] * 6
-    assert statuses[6:] == [429]
+    # NOTE: other tests may have spent some of the burst already.
+    assert 3 <= len(statuses) <= 7
+    assert statuses == [401] * (len(statuses) - 1) + [429]
