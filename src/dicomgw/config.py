@@ -264,6 +264,9 @@ class ForwarderConfig(_Section, frozen=True):
     when a C-ECHO (or HTTP probe) succeeds."""
     circuit_probe_s: Seconds = 30.0
     """Seconds between probes of an open circuit."""
+    history_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 90
+    """Delivered and cancelled jobs, with their attempts, are deleted this long
+    after they finished; dead-lettered ones stay until retried or cancelled."""
 
 
 class ApiConfig(_Section, frozen=True):

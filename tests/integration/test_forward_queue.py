@@ -308,3 +308,28 @@ async def test_finish_survives_a_job_deleted_meanwhile(env: Env) -> None:
             POLICY,
         )  # fmt: skip
     assert done == {second.job_id: "done"}
+
+
+async def test_history_purge_keeps_recent_dead_and_unfinished_jobs(env: Env) -> None:
+    await env.index(*(record(n) for n in range(1, 7)))
+    ids = [j["id"] for j in await env.jobs("pacs1")]
+    done_old, done_new, cancelled_old, dead_old, pending, attempted = ids
+    await env.pool.execute(
+        "INSERT INTO forward_attempts (job_id, outcome) VALUES ($1, 'delivered')", done_old
+    )
+    await env.pool.execute(
+        "UPDATE forward_jobs SET state = s.state, finished_at = now() - s.age "
+        "FROM unnest($1::bigint[], $2::text[], $3::interval[]) AS s(id, state, age) "
+        "WHERE forward_jobs.id = s.id",
+        [done_old, done_new, cancelled_old, dead_old, attempted],
+        ["done", "done", "cancelled", "dead", "done"],
+        [dt.timedelta(days=91), dt.timedelta(days=89), dt.timedelta(days=200),
+         dt.timedelta(days=300), dt.timedelta(days=91)],
+    )  # fmt: skip
+    async with env.pool.acquire() as conn:
+        assert await jobs.purge_history(conn, 90, batch=1) == 1
+        assert await jobs.purge_history(conn, 90) == 2
+        assert await jobs.purge_history(conn, 90) == 0
+    left = {j["id"] for j in await env.jobs("pacs1")}
+    assert left == {done_new, dead_old, pending}
+    assert await env.pool.fetchval("SELECT count(*) FROM forward_attempts") == 0

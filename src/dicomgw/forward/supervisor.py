@@ -32,6 +32,9 @@ from dicomgw.queue.jobs import ClaimedJob, RetryPolicy
 
 log = logging.getLogger(__name__)
 
+PURGE_INTERVAL_S = 3600.0
+PURGE_BATCH = 5000
+
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -354,6 +357,7 @@ class Forwarder:
         await self._listen()
         await self._reclaim_dead_owners()
         self._spawn(self._reap())
+        self._spawn(self._purge_history())
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -473,6 +477,24 @@ class Forwarder:
                 )
                 for dest_id in {r["destination_id"] for r in result}:
                     await jobs.notify(conn, dest_id)
+
+    async def _purge_history(self) -> None:
+        """Hourly: jobs finished more than forwarder.history_days ago."""
+        while True:
+            purged = 0
+            try:
+                while True:
+                    async with self._pool.acquire() as conn:
+                        n = await jobs.purge_history(conn, self._config.history_days, PURGE_BATCH)
+                    purged += n
+                    if n < PURGE_BATCH:
+                        break
+                    await asyncio.sleep(0.1)  # let the senders' statements in
+            except _DB_ERRORS as exc:
+                log.error("forwarder: cannot purge job history", extra={"error": str(exc)})
+            if purged:
+                log.info("forwarder: job history purged", extra={"jobs": purged})
+            await asyncio.sleep(PURGE_INTERVAL_S)
 
     async def _reap(self) -> None:
         interval = min(30.0, self._config.lease_s / 4)

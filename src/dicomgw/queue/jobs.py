@@ -236,6 +236,23 @@ async def retry_dead(conn: asyncpg.Connection, destination_id: int) -> int:
     return await _requeued(conn, rows)
 
 
+PURGE = """
+DELETE FROM forward_jobs WHERE id IN (
+    SELECT id FROM forward_jobs
+    WHERE state IN ('done', 'cancelled') AND finished_at < now() - make_interval(days => $1)
+    LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+"""
+
+
+async def purge_history(conn: asyncpg.Connection, days: int, batch: int = 5000) -> int:
+    """Delete up to ``batch`` jobs delivered or cancelled more than ``days`` ago
+    (their attempts go with them); returns how many. Short statements, so that a
+    large backlog never holds locks for long: call again while it returns ``batch``."""
+    result: str = await conn.execute(PURGE, days, batch)
+    return int(result.rsplit(maxsplit=1)[-1])
+
+
 async def cancel(conn: asyncpg.Connection, job_ids: Sequence[int]) -> int:
     """Cancel jobs not yet finished (a send in flight completes, its result is dropped)."""
     result: str = await conn.execute(
