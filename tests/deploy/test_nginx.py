@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dicomgw.api.auth import SESSION_COOKIE
+from dicomgw.api.auth import SECURE_SESSION_COOKIE
 from tests.conftest import _create_database, with_database
 from tests.deploy.nginx import ACME_TOKEN, ASSET, INDEX_HTML, Site, check, running
 from tests.gateway import ADMIN_PASSWORD, Gateway
@@ -132,7 +132,7 @@ def test_the_api_sees_the_address_nginx_saw_not_a_forged_one(
         )
         assert login.status_code == 200
         # NOTE: sent by hand: the cookie is Secure (behind_https), httpx keeps it off http.
-        cookie = {"Cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE]}"}
+        cookie = {"Cookie": f"{SECURE_SESSION_COOKIE}={login.cookies[SECURE_SESSION_COOKIE]}"}
         through = https.get("/api/v1/audit", params={"limit": 1}, headers=cookie | forged)
         straight = direct.get("/api/v1/audit", params={"limit": 1}, headers=cookie | forged)
         assert through.status_code == straight.status_code == 200

@@ -48,7 +48,7 @@ def _core_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{PREFIX}/health/live", LiveResource())
     app.add_route(f"{PREFIX}/health/ready", ReadyResource(api.config, api.pools))
     app.add_route(f"{PREFIX}/auth/login", LoginResource(api))
-    app.add_route(f"{PREFIX}/auth/logout", LogoutResource(api.pools))
+    app.add_route(f"{PREFIX}/auth/logout", LogoutResource(api.pools, api.config.api))
     app.add_route(f"{PREFIX}/me", MeResource(api.pools))
     app.add_route(f"{PREFIX}/me/password", MePasswordResource(api.pools))
     sessions = MySessionsResource(api.pools)

@@ -30,6 +30,15 @@ from dicomgw.api.problems import Problem, forbidden, unauthenticated
 from dicomgw.config import ApiConfig
 
 SESSION_COOKIE = "dicomgw_session"
+SECURE_SESSION_COOKIE = "__Host-dicomgw_session"
+"""Over HTTPS (api.behind_https): the browser keeps a ``__Host-`` cookie only if it
+is Secure, has Path=/ and no Domain, so no other host or path can set or
+shadow it. Over plain HTTP (a console on the LAN) a Secure cookie would be
+dropped, so it is the plain name there."""
+
+
+def session_cookie(config: ApiConfig) -> str:
+    return SECURE_SESSION_COOKIE if config.behind_https else SESSION_COOKIE
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_PREFIX = "dgw_"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -152,7 +161,7 @@ async def authenticate(
     if scheme.lower() == "bearer" and credentials.startswith(TOKEN_PREFIX):
         row = await conn.fetchrow(TOKEN_USER, token_hash(credentials.strip()))
         return User(row["user_id"], row["username"], row["role"], "token") if row else None
-    cookie = req.get_cookie_values(SESSION_COOKIE)
+    cookie = req.get_cookie_values(session_cookie(config))
     if not cookie:
         return None
     row = await conn.fetchrow(SESSION_USER, token_hash(cookie[0]), config.session_idle_timeout_s)

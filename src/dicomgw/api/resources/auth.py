@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import asyncpg
@@ -14,13 +15,13 @@ from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import (
     PUBLIC,
     ROLES,
-    SESSION_COOKIE,
     User,
     allow,
     check_password,
     clear_failures,
     create_session,
     record_failure,
+    session_cookie,
     throttled,
 )
 from dicomgw.api.context import ApiContext
@@ -28,8 +29,10 @@ from dicomgw.api.mfa import second_factor_ok
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.validation import body_of
+from dicomgw.config import ApiConfig
 
 LOGIN_FIELDS = {"username": str, "password": str}
+EXPIRED = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -90,7 +93,7 @@ class LoginResource:
                 conn, req, "auth.login", actor=row["username"], event_id=audit.USER_AUTHENTICATION
             )
         resp.set_cookie(
-            SESSION_COOKIE,
+            session_cookie(self._config),
             token,
             max_age=self._config.session_max_age_s,
             secure=self._config.behind_https,
@@ -131,8 +134,9 @@ class LoginResource:
 
 
 class LogoutResource:
-    def __init__(self, pools: PoolMiddleware) -> None:
+    def __init__(self, pools: PoolMiddleware, config: ApiConfig) -> None:
         self._pools = pools
+        self._config = config
 
     @allow(*ROLES)
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -141,7 +145,16 @@ class LogoutResource:
             if user.session_id is not None:
                 await conn.execute("DELETE FROM sessions WHERE id = $1", user.session_id)
             await audit_request(conn, req, "auth.logout", event_id=audit.USER_AUTHENTICATION)
-        resp.unset_cookie(SESSION_COOKIE, path="/")
+        # NOTE: set, not unset_cookie: a __Host- cookie is replaced only by a Secure one.
+        resp.set_cookie(
+            session_cookie(self._config),
+            "",
+            expires=EXPIRED,
+            secure=self._config.behind_https,
+            http_only=True,
+            same_site="Strict",
+            path="/",
+        )
         resp.status = falcon.HTTP_204
 
 
