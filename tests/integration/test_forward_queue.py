@@ -333,3 +333,16 @@ async def test_history_purge_keeps_recent_dead_and_unfinished_jobs(env: Env) -> 
     left = {j["id"] for j in await env.jobs("pacs1")}
     assert left == {done_new, dead_old, pending}
     assert await env.pool.fetchval("SELECT count(*) FROM forward_attempts") == 0
+
+
+async def test_an_older_arrival_moves_first_received_back(env: Env) -> None:
+    """Start-up recovery can index an instance received before the ones indexed."""
+    await env.index(record(1))
+    older = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    await env.index(replace(record(2), received_at=older))
+    for table in ("studies", "series"):
+        first, last = await env.pool.fetchrow(
+            f"SELECT first_received_at, last_received_at FROM {table}"
+        )
+        assert first == older
+        assert last - older > dt.timedelta(hours=23)

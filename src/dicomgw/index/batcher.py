@@ -88,6 +88,7 @@ ON CONFLICT (study_instance_uid) DO UPDATE SET
                        ORDER BY m),
     num_instances = s.num_instances + EXCLUDED.num_instances,
     size_bytes = s.size_bytes + EXCLUDED.size_bytes,
+    first_received_at = least(s.first_received_at, EXCLUDED.first_received_at),
     last_received_at = greatest(s.last_received_at, EXCLUDED.last_received_at)
 """
 
@@ -104,6 +105,7 @@ JOIN studies st ON st.study_instance_uid = g.study_instance_uid
 ON CONFLICT (series_instance_uid) DO UPDATE SET
     {", ".join(f"{a} = coalesce(EXCLUDED.{a}, r.{a})" for a in _SERIES_ATTRS)},
     num_instances = r.num_instances + EXCLUDED.num_instances,
+    first_received_at = least(r.first_received_at, EXCLUDED.first_received_at),
     last_received_at = greatest(r.last_received_at, EXCLUDED.last_received_at)
 """
 
