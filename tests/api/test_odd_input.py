@@ -102,6 +102,21 @@ async def test_bad_numbers_in_queries_are_refused(
     assert _problem(await admin.call("GET", path, query_string=query), 422)["field"] == field
 
 
+@pytest.mark.parametrize("value", ["2025-01-01 10:00", "20250101", "2025-01-01T10", "2025-W01-1"])
+async def test_only_the_documented_dates_and_times_are_taken(admin: Api, value: str) -> None:
+    # fromisoformat takes these too; the description's pattern does not.
+    for path, name in (("/audit", "from"), ("/studies", "received_from")):
+        resp = await admin.call("GET", path, params={name: value})
+        assert _problem(resp, 422)["field"] == name
+
+
+@pytest.mark.parametrize("value", ["2025-01-01", "2025-01-01T10:00", "2025-01-01T10:00:00.5Z"])
+async def test_a_date_or_a_date_and_time_is_taken(admin: Api, value: str) -> None:
+    for path, name in (("/audit", "from"), ("/studies", "received_from")):
+        resp = await admin.call("GET", path, params={name: value})
+        assert resp.status_code == 200, resp.text
+
+
 async def test_an_empty_query_parameter_is_ignored(admin: Api) -> None:
     # As the description says of every query parameter (forms send them).
     resp = await admin.call("GET", "/audit", query_string="limit=&cursor=&from=")

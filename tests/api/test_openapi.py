@@ -12,6 +12,7 @@ from openapi_spec_validator import validate
 from dicomgw.api.app import PREFIX, create_app
 from dicomgw.api.auth import PUBLIC, ROLES_ATTRIBUTE
 from dicomgw.api.resources.openapi import spec_bytes
+from dicomgw.api.validation import DATE_OR_TIME
 from dicomgw.config import load_config
 from tests.api.conftest import Client
 
@@ -70,3 +71,8 @@ def test_the_gateway_serves_it_to_anyone(anonymous: Client) -> None:
     assert resp.headers["content-type"] == "application/yaml"
     assert resp.content == spec_bytes()
     assert yaml.safe_load(resp.content)["openapi"] == "3.1.0"
+
+
+def test_its_date_or_time_pattern_is_the_one_the_api_checks() -> None:
+    pattern = yaml.safe_load(SPEC.read_text())["components"]["schemas"]["DateOrTime"]["pattern"]
+    assert pattern == f"^{DATE_OR_TIME.pattern}$"

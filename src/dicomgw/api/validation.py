@@ -3,6 +3,8 @@ expects, whole numbers in a range, no NUL characters; or a 422 naming the field.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +12,13 @@ import falcon
 import falcon.asgi
 
 from dicomgw.api.problems import Problem, invalid
+
+# A date, or a date and time to the minute or finer with an optional offset: what
+# the OpenAPI description's DateOrTime pattern says (fromisoformat takes more).
+DATE_OR_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
 
 
 async def body_of(
@@ -66,3 +75,21 @@ def whole_number(raw: str | None, name: str, high: int, low: int = 1) -> int | N
     if value is None or not low <= value <= high:
         raise invalid(f"'{name}' must be a whole number from {low} to {high}", field=name)
     return value
+
+
+def date_or_time(raw: str | None, name: str) -> dt.datetime | None:
+    """A query parameter's date (its midnight) or date and time; UTC when it has
+    no offset. None when absent."""
+    if raw is None:
+        return None
+    try:
+        if not DATE_OR_TIME.fullmatch(raw):
+            raise ValueError(raw)
+        parsed = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise invalid(
+            f"'{name}' must be a date or a date and time: 2025-01-31, 2025-01-31T08:00 "
+            "or 2025-01-31T08:00:00+01:00",
+            field=name,
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

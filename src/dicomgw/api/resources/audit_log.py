@@ -20,7 +20,7 @@ from dicomgw.api.auth import allow
 from dicomgw.api.context import BIGINT_MAX, PREFIX, ApiContext, App
 from dicomgw.api.problems import Problem, invalid
 from dicomgw.api.spreadsheet import cell
-from dicomgw.api.validation import whole_number
+from dicomgw.api.validation import date_or_time, whole_number
 
 COLUMNS = (
     "id", "at", "actor", "action", "target", "outcome", "event_id", "source_ip", "request_id",
@@ -29,14 +29,6 @@ COLUMNS = (
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 CSV_BATCH = 1000
-
-
-def _timestamp(name: str, value: str) -> dt.datetime:
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise invalid(f"'{name}' is not an ISO 8601 date or time", field=name) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _filters(req: falcon.asgi.Request) -> tuple[str, list[Any]]:
@@ -57,7 +49,7 @@ def _filters(req: falcon.asgi.Request) -> tuple[str, list[Any]]:
     for name, op in (("from", ">="), ("to", "<")):
         value = req.get_param(name)
         if value:
-            args.append(_timestamp(name, value))
+            args.append(date_or_time(value, name))
             where.append(f"at {op} ${len(args)}")
     return " AND ".join(where), args
 

@@ -32,7 +32,7 @@ from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.storedfile import StoredFile
-from dicomgw.api.validation import whole_number
+from dicomgw.api.validation import date_or_time, whole_number
 from dicomgw.errors import DicomGwError
 from dicomgw.storage import deletions
 from dicomgw.storage.layout import StoredFileMissing
@@ -183,18 +183,6 @@ def _date(params: dict[str, str], name: str) -> dt.date | None:
         raise invalid(f"'{name}' must be a date, YYYY-MM-DD", field=name) from None
 
 
-def _timestamp(params: dict[str, str], name: str) -> dt.datetime | None:
-    """ISO 8601 date and time; without an offset, UTC."""
-    value = params.get(name)
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise invalid(f"'{name}' must be an ISO 8601 date and time", field=name) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
 def _ordered(low: dt.date | None, high: dt.date | None, name: str) -> None:
     if low is not None and high is not None and low > high:
         raise invalid(f"'{name}' is before the start of the range", field=name)
@@ -290,8 +278,8 @@ def _search_filter(params: dict[str, str]) -> _Where:
             "WHERE se.study_id = s.id AND i.source_ae = {})",
             source_ae,
         )
-    received_from = _timestamp(params, "received_from")
-    received_to = _timestamp(params, "received_to")
+    received_from = date_or_time(params.get("received_from"), "received_from")
+    received_to = date_or_time(params.get("received_to"), "received_to")
     _ordered(received_from, received_to, "received_to")
     # Studies that received anything in [from, to): their reception overlaps it.
     if received_from is not None:
