@@ -117,6 +117,29 @@ async def test_a_date_or_a_date_and_time_is_taken(admin: Api, value: str) -> Non
         assert resp.status_code == 200, resp.text
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        # Spaces around a value are not searched for, but count towards its length, as
+        # the description's maxLength does; and a value of spaces is not an empty one.
+        ({"patient_id": "0" * 64 + " "}, "patient_id"),
+        ({"modality": "CT" + " " * 15}, "modality"),
+        ({"source_ae": " STORESCU" + " " * 8}, "source_ae"),
+        ({"limit": " "}, "limit"),
+    ],
+)
+async def test_lengths_count_what_was_sent(admin: Api, query: dict[str, str], field: str) -> None:
+    assert _problem(await admin.call("GET", "/studies", params=query), 422)["field"] == field
+
+
+async def test_a_token_name_counts_what_was_sent(admin: Api) -> None:
+    name = {"name": "t" * 64 + " "}
+    assert _problem(await admin.call("POST", "/me/tokens", json=name), 422)["field"] == "name"
+    name = {"name": " padded "}
+    made = await admin.call("POST", "/me/tokens", json=name)
+    assert made.status_code == 201 and made.json["name"] == "padded"
+
+
 async def test_an_empty_query_parameter_is_ignored(admin: Api) -> None:
     # As the description says of every query parameter (forms send them).
     resp = await admin.call("GET", "/audit", query_string="limit=&cursor=&from=")

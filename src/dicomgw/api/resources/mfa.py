@@ -142,8 +142,9 @@ class TokensResource:
         body = await body_of(req, {"name": str}, {"expires_in_days": int})
         name = body["name"].strip()
         days = body.get("expires_in_days")
-        if not 1 <= len(name) <= 64:
-            raise invalid("'name' must be 1-64 characters", field="name")
+        # NOTE: the length sent, as the OpenAPI description's maxLength counts.
+        if not name or len(body["name"]) > 64:
+            raise invalid("'name' must be 1-64 characters, not all spaces", field="name")
         if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
             raise invalid(f"'expires_in_days' must be 1-{MAX_TOKEN_DAYS}", field="expires_in_days")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)

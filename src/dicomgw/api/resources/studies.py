@@ -128,8 +128,8 @@ RETURNING i.file_path
 
 
 def _params(req: falcon.asgi.Request, allowed: Collection[str]) -> dict[str, str]:
-    """The query parameters, each given once. Unknown ones are refused (a typo must
-    not silently widen a search); empty ones are ignored (forms send them)."""
+    """The query parameters, each given once, as sent. Unknown ones are refused (a
+    typo must not silently widen a search); empty ones are ignored (forms send them)."""
     params: dict[str, str] = {}
     for name, value in req.params.items():
         if name not in allowed:
@@ -137,16 +137,20 @@ def _params(req: falcon.asgi.Request, allowed: Collection[str]) -> dict[str, str
                           field=name)  # fmt: skip
         if isinstance(value, list):
             raise invalid(f"give '{name}' once", field=name)
-        if value.strip():
-            params[name] = value.strip()
+        if value:
+            params[name] = value
     return params
 
 
-def _text(params: dict[str, str], name: str) -> str | None:
+def _text(params: dict[str, str], name: str, longest: int = MAX_TEXT) -> str | None:
+    """A search text without the spaces around it (None if that leaves nothing). Its
+    length is the one sent, as the OpenAPI description's maxLength counts."""
     value = params.get(name)
-    if value is not None and (len(value) > MAX_TEXT or not value.isprintable()):
-        raise invalid(f"'{name}' must be at most {MAX_TEXT} printable characters", field=name)
-    return value
+    if value is None:
+        return None
+    if len(value) > longest or not value.isprintable():
+        raise invalid(f"'{name}' must be at most {longest} printable characters", field=name)
+    return value.strip() or None
 
 
 def _prefix(params: dict[str, str], name: str) -> tuple[str, bool] | None:
@@ -264,14 +268,14 @@ def _search_filter(params: dict[str, str]) -> _Where:
         where.add("s.study_date >= {}", date_from)
     if date_to is not None:
         where.add("s.study_date <= {}", date_to)
-    modality = params.get("modality")
+    modality = _text(params, "modality", 16)
     if modality is not None:
         if not _MODALITY.fullmatch(modality.upper()):
             raise invalid("'modality' is a DICOM modality code such as CT", field="modality")
         where.add("s.modalities @> ARRAY[{}::text]", modality.upper())
-    source_ae = _text(params, "source_ae")
+    source_ae = _text(params, "source_ae", 16)
     if source_ae is not None:
-        if len(source_ae) > 16 or "\\" in source_ae:
+        if "\\" in source_ae:
             raise invalid("'source_ae' is an AE title (at most 16 characters)", field="source_ae")
         where.add(
             "EXISTS (SELECT FROM series se JOIN instances i ON i.series_id = se.id "
