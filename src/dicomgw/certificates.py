@@ -36,6 +36,11 @@ KEY_NAME = "https.key"
 class CertificateError(DicomGwError):
     """A certificate, key or chain that cannot be installed; says which and why."""
 
+    def __init__(self, message: str, part: str | None = None) -> None:
+        # part: "certificate", "key" or "chain", when one of validate_pem's inputs is wrong.
+        super().__init__(message)
+        self.part = part
+
 
 @dataclass(frozen=True)
 class CertificateInfo:
@@ -63,17 +68,25 @@ def watched(config: Config) -> dict[str, Path]:
 
 
 def read_certificates(path: Path, what: str) -> list[x509.Certificate]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"{what} '{path}' cannot be read: {exc.strerror}") from None
+    return parse_certificates(_read(path, what), f"{what} '{path}'")
+
+
+def parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
+    """The PEM certificates in ``data`` (``what`` names it in the error)."""
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         certs = []
     if not certs:
-        raise CertificateError(f"{what} '{path}' holds no PEM certificate")
+        raise CertificateError(f"{what} holds no PEM certificate")
     return certs
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"{what} '{path}' cannot be read: {exc.strerror}") from None
 
 
 def info(cert: x509.Certificate) -> CertificateInfo:
@@ -92,30 +105,56 @@ def info(cert: x509.Certificate) -> CertificateInfo:
 
 
 def validate(cert_file: Path, key_file: Path, chain_file: Path | None) -> tuple[bytes, bytes]:
-    """The (full chain, key) PEM bytes to install; raises CertificateError."""
-    certs = read_certificates(cert_file, "certificate")
-    if chain_file is not None:
-        certs += read_certificates(chain_file, "chain")
+    """The (full chain, key) PEM bytes to install from files; raises CertificateError."""
+    return validate_pem(
+        _read(cert_file, "certificate"),
+        _read(key_file, "key"),
+        None if chain_file is None else _read(chain_file, "chain"),
+        Parts(f"the certificate '{cert_file}'", f"key '{key_file}'", f"the chain '{chain_file}'"),
+    )
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the errors call the certificate, the key and the chain."""
+
+    certificate: str = "the certificate"
+    key: str = "the key"
+    chain: str = "the chain"
+
+
+def validate_pem(
+    cert_pem: bytes, key_pem: bytes, chain_pem: bytes | None, parts: Parts = Parts()
+) -> tuple[bytes, bytes]:
+    """The (full chain, key) PEM bytes to install; raises CertificateError, whose
+    ``part`` says which is wrong: "certificate", "key" or "chain"."""
     try:
-        key_pem = key_file.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"key '{key_file}' cannot be read: {exc.strerror}") from None
+        certs = parse_certificates(cert_pem, parts.certificate)
+    except CertificateError as exc:
+        raise CertificateError(str(exc), part="certificate") from None
+    if chain_pem is not None:
+        try:
+            certs += parse_certificates(chain_pem, parts.chain)
+        except CertificateError as exc:
+            raise CertificateError(str(exc), part="chain") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
         raise CertificateError(
-            f"key '{key_file}' is encrypted with a passphrase; give an unencrypted key "
-            "(it is stored readable only by root and the dicomgw group)"
+            f"{parts.key} is encrypted with a passphrase; give an unencrypted key "
+            "(it is stored readable only by root and the dicomgw group)",
+            part="key",
         ) from None
     except ValueError:
-        raise CertificateError(f"key '{key_file}' holds no PEM private key") from None
+        raise CertificateError(f"{parts.key} holds no PEM private key", part="key") from None
     leaf = certs[0]
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(
         serialization.Encoding.DER, public
     ) != leaf.public_key().public_bytes(serialization.Encoding.DER, public):
         raise CertificateError(
-            f"key '{key_file}' is not the private key of the certificate in '{cert_file}'"
+            f"{parts.key} is not the private key of {parts.certificate}",
+            part="key",
         )
     for lower, upper in itertools.pairwise(certs):
         try:
@@ -123,20 +162,22 @@ def validate(cert_file: Path, key_file: Path, chain_file: Path | None) -> tuple[
         except (ValueError, TypeError, InvalidSignature):
             raise CertificateError(
                 f"the chain is broken: '{_cn(lower)}' is not issued by '{_cn(upper)}'; give the "
-                "certificate first, then each intermediate in order"
+                "certificate first, then each intermediate in order",
+                part="certificate" if chain_pem is None else "chain",
             ) from None
     leaf_info = info(leaf)
     now = datetime.datetime.now(datetime.UTC)
     if leaf_info.not_after <= now:
         raise CertificateError(
-            f"the certificate expired on {leaf_info.not_after:%Y-%m-%d %H:%M} UTC"
+            f"the certificate expired on {leaf_info.not_after:%Y-%m-%d %H:%M} UTC",
+            part="certificate",
         )
     if leaf_info.not_before > now:
         raise CertificateError(
-            f"the certificate is valid only from {leaf_info.not_before:%Y-%m-%d %H:%M} UTC"
+            f"the certificate is valid only from {leaf_info.not_before:%Y-%m-%d %H:%M} UTC",
+            part="certificate",
         )
-    chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-    return chain_pem, key_pem
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs), key_pem
 
 
 def install(config: Config, chain_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:

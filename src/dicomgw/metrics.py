@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -163,6 +164,11 @@ class ServeMetrics:
         self.forward_delivered = counter(
             "dicomgw_forward_delivered", "Instances delivered.", destination
         )
+        self.forward_delivered_bytes = counter(
+            "dicomgw_forward_delivered_bytes",
+            "Data set bytes of the instances delivered.",
+            destination,
+        )
         self.forward_failures = counter(
             "dicomgw_forward_failures", "Delivery attempts that failed.", destination
         )
@@ -237,6 +243,13 @@ class ServeMetrics:
         name = runner.name
         attempts = runner.delivered + runner.failed
         _advance(seen, "attempts", self.forward_attempts.labels(name), attempts)
+        # NOTE: the bytes before the count, so that a reader who sees the count sees its bytes.
+        _advance(
+            seen,
+            "delivered_bytes",
+            self.forward_delivered_bytes.labels(name),
+            runner.delivered_bytes,
+        )
         _advance(seen, "delivered", self.forward_delivered.labels(name), runner.delivered)
         _advance(seen, "failed", self.forward_failures.labels(name), runner.failed)
         _advance(seen, "dead", self.forward_dead.labels(name), runner.dead)
@@ -325,6 +338,38 @@ def certificate_families(config: Config) -> list[Metric]:
             continue  # none installed (or unreadable: the CLI and the log say why)
         expiry.add_metric([label], cert.not_after.timestamp())
     return [expiry]
+
+
+LIVE_SAMPLES = {
+    "dicomgw_associations_active": "associations_active",
+    "dicomgw_instances_received_total": "received_instances",
+    "dicomgw_received_dataset_bytes_total": "received_bytes",
+    "dicomgw_forward_delivered_total": "forwarded_instances",
+    "dicomgw_forward_delivered_bytes_total": "forwarded_bytes",
+}
+"""Sample -> key of live_totals (summed over labels: outcomes, destinations)."""
+
+
+def live_totals() -> dict[str, object]:
+    """The dashboard's live figures: running totals since the gateway started and
+    the associations open now, from the multiprocess files the receiver and the
+    forwarder write (the API does not hold their counters). A caller takes rates
+    from two of these and their ``at_ms``. Without the directory (an API run on
+    its own) every figure is 0 and ``source`` says "none"."""
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    totals = dict.fromkeys(LIVE_SAMPLES.values(), 0.0)
+    if directory:
+        collector = MultiProcessCollector(None, directory)  # type: ignore[no-untyped-call]
+        for family in collector.collect():  # type: ignore[no-untyped-call]
+            for sample in family.samples:
+                key = LIVE_SAMPLES.get(sample.name)
+                if key is not None:
+                    totals[key] += sample.value
+    return {
+        "source": "multiprocess" if directory else "none",
+        "at_ms": time.time_ns() // 1_000_000,
+        **{key: int(value) for key, value in totals.items()},
+    }
 
 
 class _Families(Collector):

@@ -181,6 +181,7 @@ async def test_queue_and_circuit_state_come_from_the_database(
 class FakeRunner:
     name: str
     delivered: int = 0
+    delivered_bytes: int = 0
     failed: int = 0
     dead: int = 0
 
@@ -228,7 +229,7 @@ def test_update_copies_running_totals_once() -> None:
     receiver.counters.closed_bytes_in, receiver.counters.closed_dataset_bytes_in = 1000, 800
     receiver.service.stored, receiver.service.duplicates = 4, 1
     receiver.disk.free_bytes, receiver.disk.used_percent = 12345, 42.0
-    first = FakeRunner("pacs", delivered=4, failed=2, dead=1)
+    first = FakeRunner("pacs", delivered=4, delivered_bytes=4000, failed=2, dead=1)
     forwarder.runners[1] = first
     update()
     update()  # nothing grew: nothing added
@@ -246,6 +247,7 @@ def test_update_copies_running_totals_once() -> None:
     assert receiver.disk.measured == 2
     assert sample("dicomgw_forward_attempts_total", destination="pacs") == 6
     assert sample("dicomgw_forward_delivered_total", destination="pacs") == 4
+    assert sample("dicomgw_forward_delivered_bytes_total", destination="pacs") == 4000
     assert sample("dicomgw_forward_failures_total", destination="pacs") == 2
     assert sample("dicomgw_forward_dead_letter_total", destination="pacs") == 1
 
@@ -429,6 +431,7 @@ def test_one_scrape_shows_every_role(
     # The forwarder: everything delivered to one destination, the other down.
     assert value(samples, "dicomgw_forward_attempts_total", destination="pacs") == n
     assert value(samples, "dicomgw_forward_failures_total", destination="pacs") == 0
+    assert value(samples, "dicomgw_forward_delivered_bytes_total", destination="pacs") == sizes
     assert value(samples, "dicomgw_forward_circuit_open", destination="pacs") == 0
     assert cast(float, value(samples, "dicomgw_forward_failures_total", destination="down")) >= 2
     sends = "dicomgw_forward_send_duration_seconds_count"

@@ -21,6 +21,7 @@ from dicomgw.api.context import PREFIX, ROW_ID, ApiContext, App, RouteAdder, Row
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
 from dicomgw.api.resources import (
     audit_log,
+    certificate,
     destinations,
     metrics,
     mfa,
@@ -69,6 +70,7 @@ ROUTES: tuple[RouteAdder, ...] = (
     queue.add_routes,
     studies.add_routes,
     settings.add_routes,
+    certificate.add_routes,
     metrics.add_routes,
     openapi.add_routes,
 )

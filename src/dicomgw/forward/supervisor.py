@@ -139,6 +139,7 @@ class DestinationRunner:
         self._tasks: list[asyncio.Task[None]] = []
         # Read by the metrics collector.
         self.delivered = 0
+        self.delivered_bytes = 0
         self.failed = 0
         self.dead = 0
 
@@ -246,6 +247,9 @@ class DestinationRunner:
                 )
         states = await self._finish(owner, list(zip(claimed, outcomes, strict=True)))
         self.delivered += sum(o.kind == "delivered" for o in outcomes)
+        self.delivered_bytes += sum(
+            i.dataset_size for i, o in zip(items, outcomes, strict=True) if o.kind == "delivered"
+        )
         self.failed += sum(o.kind != "delivered" for o in outcomes)
         self.dead += sum(s == "dead" for s in states.values())
         opened = self.circuit.record(outcomes)

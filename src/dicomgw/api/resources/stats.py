@@ -1,5 +1,6 @@
 """Dashboard volumes: instances and bytes received and forwarded, per hour or day,
-in total or by modality, source AE or destination (from ``metrics_rollup``)."""
+in total or by modality, source AE or destination (from ``metrics_rollup``); and
+the live totals the dashboard takes its rates from (the metrics files)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dicomgw.api.auth import allow
 from dicomgw.api.context import PREFIX, ApiContext, App
 from dicomgw.api.problems import invalid
 from dicomgw.api.spreadsheet import cell
+from dicomgw.metrics import live_totals
 from dicomgw.stats import DIMENSIONS, METRICS
 
 # Range -> (bucket granularity, span).
@@ -105,7 +107,14 @@ class VolumeResource:
         resp.text = out.getvalue()
 
 
+class LiveTotalsResource:
+    @allow("operator", "viewer")
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = live_totals()
+
+
 def add_routes(app: App, api: ApiContext) -> None:
+    app.add_route(f"{PREFIX}/stats/live", LiveTotalsResource())
     volume = VolumeResource(api)
     app.add_route(f"{PREFIX}/stats/volume", volume)
     app.add_route(f"{PREFIX}/stats/volume.csv", volume, suffix="csv")
