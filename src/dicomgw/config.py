@@ -42,9 +42,11 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
 # PS3.5 6.2: AE is 1-16 characters of the default repertoire without backslash or
 # control characters; leading/trailing spaces are not significant.
-_AE_PATTERN = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$"
+_AE_PATTERN = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*\Z"
+# NOTE: \Z, not $: msgspec matches with Python's re, whose $ also matches before a
+# final newline ('pacs\n' would pass).
 AETitle = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=_AE_PATTERN)]
-UID = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
+UID = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*\Z")]
 # PS3.8 D.1: the receiver must accept at least this much per P-DATA PDU.
 MaxPDU = Annotated[int, msgspec.Meta(ge=4096, le=16 * 1024 * 1024)]
 
@@ -145,7 +147,7 @@ class IndexConfig(_Section, frozen=True):
 
 
 class _Destination(_Section, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+\Z")]
     """Unique; routes refer to it."""
     max_parallel: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     """Associations (DIMSE) or HTTP requests (STOW-RS) in flight at once."""

@@ -144,3 +144,21 @@ async def test_an_empty_query_parameter_is_ignored(admin: Api) -> None:
     # As the description says of every query parameter (forms send them).
     resp = await admin.call("GET", "/audit", query_string="limit=&cursor=&from=")
     assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": "pacs\n"}, "name"),
+        ({"ae_title": "STORESCP\n"}, "ae_title"),
+        ({"preferred_transfer_syntaxes": ["1.2.840.10008.1.2.1\n"]}, "preferred_transfer_syntaxes"),
+    ],
+)
+async def test_a_final_newline_does_not_pass_a_pattern(
+    admin: Api, change: dict[str, object], field: str
+) -> None:
+    # Python's $ matches before a final newline; the description's (JSON Schema's) does not.
+    destination = {"type": "dimse", "name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1",
+                   "port": 11112} | change  # fmt: skip
+    resp = await admin.call("POST", "/destinations", json=destination)
+    assert str(_problem(resp, 422)["field"]).startswith(field)
