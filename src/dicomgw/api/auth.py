@@ -39,6 +39,8 @@ dropped, so it is the plain name there."""
 
 def session_cookie(config: ApiConfig) -> str:
     return SECURE_SESSION_COOKIE if config.behind_https else SESSION_COOKIE
+
+
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_PREFIX = "dgw_"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
