@@ -34,6 +34,8 @@ UNITS = [
     "dicom-gw-receiver.service",
     "dicom-gw-forwarder.service",
     "dicom-gw-api.service",
+    "dicom-gw-tls-reload.path",
+    "dicom-gw-tls-reload.service",
 ]
 CONFIG = {
     "/etc/dicom-gw/dicom-gw.yaml": ("-rw-r-----", "root", "dicomgw"),
@@ -196,9 +198,15 @@ def test_scripts(package: Path) -> None:
     postun = scripts["postuninstall"]
     assert '[ "$1" -ge 1 ]' in postun  # upgrade only
     assert "try-restart" in postun
-    for unit in ("dicom-gw.service", *(u for u in UNITS if u.startswith("dicom-gw-"))):
+    roles = (
+        "dicom-gw.service",
+        *(u for u in UNITS if u.startswith("dicom-gw-") and "tls" not in u),
+    )
+    for unit in roles:
         assert unit in preun
         assert unit in postun
+    assert "dicom-gw-tls-reload.path" in preun
+    assert "enable --now dicom-gw-tls-reload.path" in scripts["postinstall"]
 
 
 def test_requires_only_what_the_virtualenv_does_not_hold(package: Path) -> None:

@@ -60,7 +60,7 @@ def verifiable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     units.mkdir()
     for unit in UNITS.iterdir():
         text = unit.read_text()
-        if "ExecStart=" in text:
+        if f"{PREFIX}/bin/" in text:
             text = substituted(text, {f"{PREFIX}/bin/": f"{tmp}/prefix/bin/"})
         (units / unit.name).write_text(text)
     return units
@@ -77,7 +77,10 @@ def verify(*units: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("name", [*SERVICES, "dicom-gw.target"])
+@pytest.mark.parametrize(
+    "name",
+    [*SERVICES, "dicom-gw.target", "dicom-gw-tls-reload.path", "dicom-gw-tls-reload.service"],
+)
 def test_verify_passes_without_a_warning(verifiable: Path, name: str) -> None:
     done = verify(verifiable / name)
     assert done.returncode == 0, done.stderr
