@@ -10,6 +10,9 @@ describe('roles', () => {
     expect(can('admin', 'deleteStudies')).toBe(true)
     expect(can('auditor', 'view')).toBe(false)
     expect(can('auditor', 'readAudit')).toBe(true)
+    expect(can('operator', 'readSettings')).toBe(true)
+    expect(can('operator', 'installCertificate')).toBe(false)
+    expect(can('admin', 'installCertificate')).toBe(true)
     expect(can(null, 'view')).toBe(false)
   })
   it('sends an auditor to the audit log', () => {

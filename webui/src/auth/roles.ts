@@ -13,6 +13,7 @@ const CAPABILITIES = {
   manageUsers: ['admin'],
   readAudit: ['admin', 'auditor'],
   readSettings: ['admin', 'operator'],
+  installCertificate: ['admin'],
 } satisfies Record<string, Role[]>
 
 export type Capability = keyof typeof CAPABILITIES

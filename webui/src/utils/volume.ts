@@ -15,12 +15,8 @@ export function volumeTotal(volume: Volume): number {
   return Object.values(volume.series).reduce((sum, values) => sum + values.reduce((a, b) => a + b, 0), 0)
 }
 
-/** The newest bucket's value (all series) and the mean rate per second over the part
- * of that bucket that has passed: "this hour so far". */
-export function currentRate(volume: Volume, now: Date = new Date()): { value: number; perSecond: number } {
+/** The newest bucket's value, all series together: "this hour (or day) so far". */
+export function newestBucket(volume: Volume): number {
   const last = volume.buckets.length - 1
-  if (last < 0) return { value: 0, perSecond: 0 }
-  const value = Object.values(volume.series).reduce((sum, values) => sum + (values[last] ?? 0), 0)
-  const elapsed = Math.max(1, (now.getTime() - new Date(volume.buckets[last]).getTime()) / 1000)
-  return { value, perSecond: value / elapsed }
+  return Object.values(volume.series).reduce((sum, values) => sum + (values[last] ?? 0), 0)
 }
