@@ -35,7 +35,10 @@ from dicomgw.config import Config
 NGINX_RELOAD = (
     "nginx reloads when the file changes (dicom-gw-tls-reload.path), or run systemctl reload nginx"
 )
-DICOM_RELOAD = "the DICOM TLS listener takes it after systemctl reload dicom-gw (SIGHUP)"
+DICOM_RELOAD = (
+    "so does the DICOM TLS listener (the same unit reloads it; by hand: systemctl reload "
+    "dicom-gw or dicom-gw-receiver)"
+)
 
 
 def _reload(config: Config) -> str:
