@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import time
 import urllib.parse
 import uuid
@@ -250,8 +251,14 @@ def conformance(workdir: Path, pg_server: str) -> Iterator[Conformance]:
 schema = schemathesis.openapi.from_dict(yaml.safe_load(spec_bytes()), config=CONFIG)
 
 
+# NOTE: derandomized: the same requests in every run, so a CI run is red only for
+# a change, never for a new random draw. Explore with DICOMGW_CONFORMANCE_RANDOM=1.
 @schema.parametrize()
-@settings(deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not os.environ.get("DICOMGW_CONFORMANCE_RANDOM"),
+)
 def test_every_operation_conforms(case: Case, conformance: Conformance) -> None:
     conformance.check(case)
 
