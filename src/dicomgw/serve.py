@@ -184,15 +184,21 @@ async def _serve(config: Config, config_file: str | None) -> None:
     api = await _start_api(config, config_file)
     try:
         await _wait_api_listening(config, api)
+        url = f"http://{config.api.host}:{config.api.port}/"
         log.info(
             "dicom-gw serving",
             extra={
                 "dimse": f"{config.dimse.host}:{config.dimse.port}",
                 "ae_title": config.dimse.ae_title,
-                "api": f"http://{config.api.host}:{config.api.port}",
+                "api": url,
                 "state_dir": config.state_dir,
             },
         )
+        if sys.stderr.isatty():  # someone at a terminal (./dev run): say where to go
+            sys.stderr.write(
+                f"dicom-gw: web console and API at {url}, DICOM {config.dimse.ae_title} on "
+                f"port {config.dimse.port}\n"
+            )
         await _until_stopped(stop, api)
     finally:
         rollups.cancel()
