@@ -41,18 +41,28 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _ca(common_name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+def _self_signed(
+    common_name: str, *, days: float, started_days_ago: float
+) -> tuple[rsa.RSAPrivateKey, x509.CertificateBuilder]:
+    """A new key and a builder of a certificate that it signs for itself."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
         .issuer_name(_name(common_name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .not_valid_before(now - datetime.timedelta(days=started_days_ago))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    return key, builder
+
+
+def _ca(common_name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key, builder = _self_signed(common_name, days=2, started_days_ago=5 / 1440)
+    cert = (
+        builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -162,22 +172,11 @@ def self_signed(
     """A self-signed server certificate for 127.0.0.1 valid for ``days`` (negative:
     expired that long ago), and its key: (certificate, key)."""
     directory.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=started_days_ago))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    key, builder = _self_signed(common_name, days=days, started_days_ago=started_days_ago)
+    cert = builder.add_extension(
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+        critical=False,
+    ).sign(key, hashes.SHA256())
     return (
         _write_cert(directory / f"{common_name}.pem", cert),
         _write_key(directory / f"{common_name}.key", key),
