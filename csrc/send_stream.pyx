@@ -13,6 +13,18 @@
 
 import os
 
+
+class ChecksumMismatch(ValueError):
+    """The data set's CRC-32C is not the one expected: it was found before its last
+    PDU went out, so the peer holds an incomplete data set (abort the association)."""
+
+    def __init__(self, expected, actual):
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"data set checksum crc32c:{actual:08x}, expected crc32c:{expected:08x}"
+        )
+
 # NOTE: Linux only, like the receive path; there EWOULDBLOCK is EAGAIN.
 from libc.errno cimport EAGAIN
 
@@ -66,6 +78,12 @@ cdef class DataSetSender:
     cut anywhere, inside its header too, by a partial write is resumed at the
     next call. The caller owns ``sock_fd`` (non-blocking) and keeps ``data``
     alive; Python is entered once per socket-full, not once per PDU.
+
+    With ``expected_crc`` (0 to 0xFFFFFFFF) each batch of PDUs is checksummed
+    just before it is written, while its pages are in cache: the file is read
+    once, not once to verify and again to send. The batch holding the last PDU
+    goes out only if the whole data set matched; otherwise :meth:`send` raises
+    :class:`ChecksumMismatch` with that PDU unsent.
     """
 
     cdef int _sock
@@ -78,6 +96,11 @@ cdef class DataSetSender:
     cdef unsigned char _header[PDATA_HEADERS_LENGTH]
     cdef int _header_sent           # bytes of the current PDU's headers sent
     cdef bint _done
+    cdef bint _verify
+    cdef uint32_t _expected_crc
+    cdef uint32_t _crc
+    cdef uint64_t _crc_end          # data set bytes checksummed
+    cdef uint64_t _batch_end        # where the fragments _gather gathered end
     cdef iovec _iov[2 * SEND_BATCH_PDUS]
     cdef unsigned char _ahead[SEND_BATCH_PDUS - 1][PDATA_HEADERS_LENGTH]
     # Counters read by the metrics collector.
@@ -90,6 +113,7 @@ cdef class DataSetSender:
         const unsigned char[::1] data not None,
         long long max_pdu_length,
         int context_id,
+        long long expected_crc=-1,
     ):
         if context_id < 1 or context_id > 255 or not context_id & 1:
             raise ValueError(
@@ -106,6 +130,11 @@ cdef class DataSetSender:
         self._data = data
         self._length = <uint64_t>data.shape[0]
         self._pos = 0
+        self._verify = expected_crc >= 0
+        if self._verify:
+            self._expected_crc = _crc32c_start(expected_crc)
+        self._crc = 0
+        self._crc_end = 0
         self._start_fragment()
 
     @property
@@ -155,7 +184,20 @@ cdef class DataSetSender:
             n += 2
             k += 1
             p += fragment
+        self._batch_end = p
         return n
+
+    cdef bint _checked(self) noexcept nogil:
+        """Checksums what the gathered batch adds; False if it completes the data
+        set and the data set does not match (then nothing of it is written)."""
+        cdef const unsigned char* data
+        if self._batch_end > self._crc_end:
+            data = &self._data[0]
+            self._crc = dgw_crc32c(
+                self._crc, data + self._crc_end, <size_t>(self._batch_end - self._crc_end)
+            )
+            self._crc_end = self._batch_end
+        return self._crc_end < self._length or self._crc == self._expected_crc
 
     cdef void _advance(self, uint64_t n) noexcept nogil:
         """Accounts for n bytes written, from the current PDU's unsent part on."""
@@ -186,9 +228,13 @@ cdef class DataSetSender:
         cdef ssize_t n
         cdef int err = 0
         cdef int count
+        cdef bint damaged = False
         with nogil:
             while not self._done:
                 count = self._gather()
+                if self._verify and not self._checked():
+                    damaged = True
+                    break
                 n = writev(self._sock, self._iov, count)
                 if n < 0:
                     if errno == EINTR:
@@ -197,6 +243,8 @@ cdef class DataSetSender:
                     break
                 self.bytes_out += <uint64_t>n
                 self._advance(<uint64_t>n)
+        if damaged:
+            raise ChecksumMismatch(self._expected_crc, self._crc)
         if err == EAGAIN:
             return False
         if err:

@@ -79,6 +79,12 @@ class ReceiveStream:
 
 # The forward path's data set sender; see csrc/send_stream.pyx.
 
+class ChecksumMismatch(ValueError):
+    """The data set's CRC-32C differs from the expected one; its last PDU is unsent."""
+
+    expected: int
+    actual: int
+
 class DataSetSender:
     """Sends one data set as P-DATA-TF PDUs of one PDV each over a non-blocking socket.
 
@@ -86,6 +92,8 @@ class DataSetSender:
     max_pdu_length is the peer's Maximum Length Received (PS3.8 D.1). send()
     returns True once the last PDU is out, False when the socket is full (wait
     until it is writable and call again); it raises OSError for socket errors.
+    With expected_crc (0 to 0xFFFFFFFF) the data set is checksummed as it goes
+    and the last PDU is held back (ChecksumMismatch) unless it matches.
     """
 
     bytes_out: int
@@ -97,6 +105,7 @@ class DataSetSender:
         data: bytes | bytearray | memoryview,
         max_pdu_length: int,
         context_id: int,
+        expected_crc: int = -1,
     ) -> None: ...
     @property
     def sent(self) -> int: ...

@@ -225,8 +225,10 @@ def test_corrupted_file_is_not_sent(tmp_path: Path, peer: Peer) -> None:
     outcomes = run(send_batches(destination(peer.port), items))
     assert [o.kind for o in outcomes] == ["delivered", "permanent", "delivered"]
     assert outcomes[1].status is None
-    assert "corrupted" in outcomes[1].message
+    assert "is damaged: data set checksum crc32c:" in outcomes[1].message
+    assert "aborted before its last PDU" in outcomes[1].message
     assert items[1].sop_instance_uid not in peer.received
+    assert {items[0].sop_instance_uid, items[2].sop_instance_uid} <= set(peer.received)
 
 
 def test_converted_when_stored_syntax_refused(tmp_path: Path) -> None:

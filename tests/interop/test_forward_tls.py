@@ -121,6 +121,22 @@ def test_tls_1_2_arrives_byte_exact(
     assert all(written_sha256(out, i.sop_instance_uid) == dataset_sha256(i) for i in items)
 
 
+def test_damaged_file_is_not_delivered_over_tls(
+    tmp_path: Path, pki: Pki, start_storescp: StartPeer
+) -> None:
+    port, out = start_storescp(*tls_options(pki), "+B")
+    items = images(tmp_path, 3, rows=64)
+    data = bytearray(items[1].path.read_bytes())
+    data[-10] ^= 0xFF
+    items[1].path.write_bytes(bytes(data))
+    outcomes = run(send_batches(tls_destination(port, pki), items))
+    assert [o.kind for o in outcomes] == ["delivered", "permanent", "delivered"]
+    assert "is damaged: data set checksum crc32c:" in outcomes[1].message
+    for item in (items[0], items[2]):
+        assert written_sha256(out, item.sop_instance_uid) == dataset_sha256(item)
+    assert not list(out.rglob(f"*{items[1].sop_instance_uid}*"))
+
+
 def test_echo_over_tls_without_client_certificate(
     tmp_path: Path, pki: Pki, start_storescp: StartPeer
 ) -> None:

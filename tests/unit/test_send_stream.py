@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomgw._core import DataSetSender
+from dicomgw._core import ChecksumMismatch, DataSetSender, crc32c
 
 MAX_PDU = 1024
 FRAGMENT = MAX_PDU - 6  # PS3.8 D.1: PDU-length counts the PDV header (item-length, ID, MCH)
@@ -152,6 +152,45 @@ def test_partial_writes_resume_anywhere(
     assert stops > 10, "the socket never filled: the test did not exercise resumption"
     if max_pdu <= 13:
         assert inside_header > 0, "no write stopped inside a header"
+
+
+@pytest.mark.parametrize("length", [0, 1, FRAGMENT, 33 * FRAGMENT + 7, 3 << 20])
+def test_checksummed_while_sent(pair: tuple[socket.socket, socket.socket], length: int) -> None:
+    a, b = pair
+    data = random.Random(length).randbytes(length)
+    sender = DataSetSender(a.fileno(), data, MAX_PDU, CONTEXT_ID, crc32c(data))
+    received = send_all(sender, b)
+    a.shutdown(socket.SHUT_WR)
+    assert parse_pdata(received + drain(b), CONTEXT_ID, MAX_PDU) == data
+
+
+@pytest.mark.parametrize("length", [1, FRAGMENT, 33 * FRAGMENT + 7, 3 << 20])
+def test_a_mismatch_holds_back_the_last_pdu(
+    tcp_pair: tuple[socket.socket, socket.socket], length: int
+) -> None:
+    """Through partial writes too: everything but the PDU with the last-fragment
+    bit may go; that one never does, so the peer cannot store the data set."""
+    a, b = tcp_pair
+    data = random.Random(length).randbytes(length)
+    wrong = crc32c(data) ^ 1
+    sender = DataSetSender(a.fileno(), data, MAX_PDU, CONTEXT_ID, wrong)
+    received = bytearray()
+    with pytest.raises(ChecksumMismatch) as raised:
+        while not sender.send():
+            received += b.recv(1 << 16)
+    assert (raised.value.expected, raised.value.actual) == (wrong, crc32c(data))
+    assert f"expected crc32c:{wrong:08x}" in str(raised.value)
+    a.shutdown(socket.SHUT_WR)
+    received += drain(b)
+    assert not sender.done
+    # Whole PDUs (then at most part of one, the association to be aborted), none last.
+    pos = 0
+    while pos + 12 <= len(received):
+        pdu_length = struct.unpack_from(">I", received, pos + 2)[0]
+        assert received[pos + 11] == 0x00, "the last PDU went out"
+        pos += 6 + pdu_length
+    pdus = -(-length // FRAGMENT)
+    assert len(received) <= length + 12 * pdus - 13  # the last PDU's headers and byte
 
 
 def test_peer_gone_raises_oserror(pair: tuple[socket.socket, socket.socket]) -> None:

@@ -34,7 +34,7 @@ import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
 
-from dicomgw._core import PDUFramer
+from dicomgw._core import ChecksumMismatch, PDUFramer
 from dicomgw.association.codec import (
     A_ABORT_TYPE,
     A_ASSOCIATE_AC_TYPE,
@@ -271,14 +271,20 @@ class Requestor:
         fd: int,
         offset: int,
         length: int,
+        expected_crc: int | None = None,
     ) -> tuple[int, str | None]:
         """C-STORE (PS3.7 9.3.1) of the ``length`` bytes at ``offset`` of the open
         file ``fd``, sent from an mmap of it; the (status, error comment) answered.
 
-        The file must not be truncated while it is sent (stored files never are).
+        With ``expected_crc`` (CRC-32C) a data set that does not match is never
+        completed: :class:`~dicomgw._core.ChecksumMismatch` is raised after the
+        association is aborted, so the peer discards what it got. The file must
+        not be truncated while it is sent (stored files never are).
         """
         with _mapped(fd, offset, length) as data:
-            return await self.c_store_bytes(context_id, sop_class_uid, sop_instance_uid, data)
+            return await self.c_store_bytes(
+                context_id, sop_class_uid, sop_instance_uid, data, expected_crc
+            )
 
     async def c_store_bytes(
         self,
@@ -286,6 +292,7 @@ class Requestor:
         sop_class_uid: str,
         sop_instance_uid: str,
         data: bytes | memoryview,
+        expected_crc: int | None = None,
     ) -> tuple[int, str | None]:
         """C-STORE (PS3.7 9.3.1) of a data set in memory (e.g. converted); the
         (status, error comment) answered."""
@@ -297,7 +304,7 @@ class Requestor:
             await self._send_bytes(
                 command_pdus(context_id, command, self._max_pdu_length), more=True
             )
-            await self._send_dataset(context_id, data)
+            await self._send_dataset(context_id, data, expected_crc)
             response = await self._response(
                 message_id, C_STORE_RSP, f"awaiting the C-STORE-RSP for {sop_instance_uid}"
             )
@@ -400,6 +407,10 @@ class Requestor:
             raise AssociationLost(
                 f"the connection to {self.peer} failed while {during}: {exc.strerror or exc}"
             ) from exc
+        except ChecksumMismatch:
+            # The data set's last PDU was held back: the abort makes the peer drop it.
+            self._abort(ABORT_SOURCE_USER, ABORT_REASON_NOT_SPECIFIED)
+            raise
         except BaseException:
             # Cancelled or a bug: what the peer saw is unknown, so end it outright.
             self._abort(ABORT_SOURCE_USER, ABORT_REASON_NOT_SPECIFIED)
@@ -416,11 +427,13 @@ class Requestor:
         except TimeoutError:
             raise self._stalled() from None
 
-    async def _send_dataset(self, context_id: int, data: bytes | memoryview) -> None:
+    async def _send_dataset(
+        self, context_id: int, data: bytes | memoryview, expected_crc: int | None
+    ) -> None:
         assert self._transport is not None
         try:
             self.bytes_out += await self._transport.send_dataset(
-                data, self._max_pdu_length, context_id
+                data, self._max_pdu_length, context_id, expected_crc
             )
         except TimeoutError:
             raise self._stalled() from None

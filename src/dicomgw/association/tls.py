@@ -31,6 +31,7 @@ import os
 import socket
 import ssl
 
+from dicomgw._core import ChecksumMismatch, crc32c
 from dicomgw.association.codec import DataSetPacker
 from dicomgw.association.errors import TLSConfigError, TLSFailed
 from dicomgw.association.transport import DRAIN_CHUNK, wait_ready
@@ -240,8 +241,18 @@ class TLSTransport:
         await self._write(memoryview(data))
 
     async def send_dataset(
-        self, data: bytes | memoryview, max_pdu_length: int, context_id: int
+        self,
+        data: bytes | memoryview,
+        max_pdu_length: int,
+        context_id: int,
+        expected_crc: int | None = None,
     ) -> int:
+        if expected_crc is not None:
+            # NOTE: checked whole before the first byte (the copy into the TLS
+            # buffer and the cipher cost far more); in a thread, it reads the file.
+            actual = await asyncio.to_thread(crc32c, data)
+            if actual != expected_crc:
+                raise ChecksumMismatch(expected_crc, actual)
         packer = DataSetPacker(data, max_pdu_length, context_id)
         batch = self._batch
         try:

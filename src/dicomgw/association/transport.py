@@ -34,10 +34,16 @@ class Transport(Protocol):
         to share a TCP segment (or TLS record) with what follows."""
 
     async def send_dataset(
-        self, data: bytes | memoryview, max_pdu_length: int, context_id: int
+        self,
+        data: bytes | memoryview,
+        max_pdu_length: int,
+        context_id: int,
+        expected_crc: int | None = None,
     ) -> int:
         """The data set as P-DATA-TF PDUs of one PDV each (PS3.8 9.3.5, Annex E),
-        each as large as the peer's ``max_pdu_length`` allows; the data set bytes sent."""
+        each as large as the peer's ``max_pdu_length`` allows; the data set bytes sent.
+        With ``expected_crc``, raises :class:`~dicomgw._core.ChecksumMismatch`
+        before the last PDU if the data set's CRC-32C differs."""
 
     async def recv_into(self, buffer: bytearray) -> int:
         """Waits for bytes and reads them into ``buffer``; 0 when the peer closed."""
@@ -75,9 +81,16 @@ class PlainTransport:
             view = view[sent:]
 
     async def send_dataset(
-        self, data: bytes | memoryview, max_pdu_length: int, context_id: int
+        self,
+        data: bytes | memoryview,
+        max_pdu_length: int,
+        context_id: int,
+        expected_crc: int | None = None,
     ) -> int:
-        sender = DataSetSender(self._fd, data, max_pdu_length, context_id)
+        # PERF: the sender checksums each batch of PDUs just before writing it, so
+        # the file is read once (verifying first was a second pass over it).
+        crc = -1 if expected_crc is None else expected_crc
+        sender = DataSetSender(self._fd, data, max_pdu_length, context_id, crc)
         try:
             while not sender.send():
                 await wait_ready(self._loop, self._fd, True, self._timeout_s)

@@ -81,6 +81,20 @@ def dataset_checksum(path: Path, dataset_size: int) -> str:
                 view.release()
 
 
+CRC32C_PREFIX = "crc32c:"
+
+
+def expected_crc(item: StoredInstance) -> int | None:
+    """The recorded CRC-32C as a number, for checking while sending; None if the
+    record holds another kind of checksum."""
+    if not item.checksum.startswith(CRC32C_PREFIX):
+        return None
+    try:
+        return int(item.checksum[len(CRC32C_PREFIX) :], 16)
+    except ValueError:
+        return None
+
+
 def verify_checksum(item: StoredInstance) -> None:
     """Raise :class:`ChecksumMismatch` unless the stored data set is intact."""
     try:

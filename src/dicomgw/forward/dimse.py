@@ -25,6 +25,7 @@ import ssl
 import time
 from collections.abc import Sequence
 
+from dicomgw._core import ChecksumMismatch as DataSetChecksumMismatch
 from dicomgw.association.negotiation import VERIFICATION_SOP_CLASS
 from dicomgw.association.requestor import (
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -48,6 +49,7 @@ from dicomgw.forward.delivery import (
     Outcome,
     OutcomeKind,
     StoredInstance,
+    expected_crc,
     verify_checksum,
 )
 
@@ -126,14 +128,15 @@ class DimseSender:
     async def send(self, items: Sequence[StoredInstance]) -> list[Outcome]:
         """Deliver ``items``; one :class:`Outcome` per item, in their order.
 
-        An item whose stored data set fails its checksum is not sent (permanent).
-        When the association cannot be opened or breaks, the items not yet
-        answered are transient: nothing counts as delivered without a Success or
-        warning status.
+        An item whose stored data set fails its checksum is never delivered
+        (permanent): sent as stored, it is checked as it goes and its last PDU held
+        back (the association is aborted); converted, it is checked first. When
+        the association cannot be opened or breaks, the items not yet answered
+        are transient: nothing counts as delivered without a Success or warning
+        status.
         """
-        # NOTE: checksums read whole files; that would block the event loop.
-        outcomes = await asyncio.to_thread(_verify, items)
-        pending = [(n, item) for n, item in enumerate(items) if n not in outcomes]
+        outcomes: dict[int, Outcome] = {}
+        pending = list(enumerate(items))
         async with self._lock:
             if self._idle_release is not None:
                 self._idle_release.cancel()
@@ -333,7 +336,10 @@ class DimseSender:
             try:
                 offset = os.fstat(fd).st_size - item.dataset_size
                 if offset < 0:
-                    return Outcome("transient", None, f"{item.path} shrank; will retry")
+                    return _damaged(ChecksumMismatch(item.path, item.checksum, "file too short"))
+                crc = expected_crc(item)
+                if crc is None and (damaged := await asyncio.to_thread(_verified, item)):
+                    return damaged
                 status, comment = await requestor.c_store_file(
                     context_id,
                     sop_class,
@@ -341,6 +347,12 @@ class DimseSender:
                     fd=fd,
                     offset=offset,
                     length=item.dataset_size,
+                    expected_crc=crc,
+                )
+            except DataSetChecksumMismatch as exc:
+                return _damaged(
+                    ChecksumMismatch(item.path, item.checksum, f"crc32c:{exc.actual:08x}"),
+                    "the association was aborted before its last PDU",
                 )
             finally:
                 os.close(fd)
@@ -350,6 +362,8 @@ class DimseSender:
             context_id = negotiated.context_id(sop_class, target)
             if context_id is None:
                 continue
+            if damaged := await asyncio.to_thread(_verified, item):
+                return damaged
             try:
                 data = await asyncio.to_thread(
                     convert_dataset, item.path, item.dataset_size, stored_ts, target
@@ -409,12 +423,15 @@ def _stamp(path: str | None) -> tuple[int, int] | None:
     return status.st_mtime_ns, status.st_size
 
 
-def _verify(items: Sequence[StoredInstance]) -> dict[int, Outcome]:
-    """Outcomes for the items that must not be sent (runs in a thread)."""
-    rejected: dict[int, Outcome] = {}
-    for n, item in enumerate(items):
-        try:
-            verify_checksum(item)
-        except (ChecksumMismatch, OSError) as exc:
-            rejected[n] = Outcome("permanent", None, f"{exc}; not sent")
-    return rejected
+def _verified(item: StoredInstance) -> Outcome | None:
+    """None if the stored data set is intact, else its outcome (reads the file:
+    run it in a thread)."""
+    try:
+        verify_checksum(item)
+    except ChecksumMismatch as exc:
+        return _damaged(exc)
+    return None
+
+
+def _damaged(exc: ChecksumMismatch, how: str = "not sent") -> Outcome:
+    return Outcome("permanent", None, f"{exc}; {how}")
