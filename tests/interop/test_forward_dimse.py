@@ -231,6 +231,14 @@ def test_corrupted_file_is_not_sent(tmp_path: Path, peer: Peer) -> None:
     assert {items[0].sop_instance_uid, items[2].sop_instance_uid} <= set(peer.received)
 
 
+def test_missing_file_is_permanent(tmp_path: Path, peer: Peer) -> None:
+    items = images(tmp_path, 2)
+    items[0].path.unlink()
+    outcomes = run(send_batches(destination(peer.port), items))
+    assert [o.kind for o in outcomes] == ["permanent", "delivered"]
+    assert "checksum unreadable (No such file or directory)" in outcomes[0].message
+
+
 def test_converted_when_stored_syntax_refused(tmp_path: Path) -> None:
     """The peer takes CT in Implicit VR only: the Explicit VR data set is converted."""
     item = images(tmp_path, 1)[0]

@@ -330,9 +330,10 @@ class DimseSender:
             try:
                 fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                # NOTE: verified a moment ago, so it changed since (retention, a
-                # restore); the next attempt verifies it again.
-                return Outcome("transient", None, f"cannot open {item.path}: {exc}; will retry")
+                # As a failed checksum: the stored file is what was acknowledged.
+                return _damaged(
+                    ChecksumMismatch(item.path, item.checksum, f"unreadable ({exc.strerror})")
+                )
             try:
                 offset = os.fstat(fd).st_size - item.dataset_size
                 if offset < 0:
