@@ -45,7 +45,13 @@ async def add_user(
     conn: asyncpg.Connection, username: str, role: str, password: str, *, actor: str = "cli"
 ) -> int:
     validate_new_user(username, role)
-    password_hash = hash_password(password)
+    return await insert_user(conn, username, role, hash_password(password), actor=actor)
+
+
+async def insert_user(
+    conn: asyncpg.Connection, username: str, role: str, password_hash: str, *, actor: str
+) -> int:
+    """A validated user with a hashed password, audited; AccountError if it exists."""
     try:
         user_id: int = await conn.fetchval(
             "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) RETURNING id",

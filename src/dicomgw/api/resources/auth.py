@@ -10,16 +10,17 @@ import falcon
 import falcon.asgi
 
 from dicomgw import audit
-from dicomgw.accounts import AccountError, hash_password
+from dicomgw.accounts import AccountError
 from dicomgw.api.auditing import audit_request
 from dicomgw.api.auth import (
     PUBLIC,
     ROLES,
     User,
     allow,
-    check_password,
     clear_failures,
     create_session,
+    new_password_hash,
+    password_matches,
     record_failure,
     session_cookie,
     throttled,
@@ -75,7 +76,9 @@ class LoginResource:
                 username,
             )
             usable = row is not None and not row["disabled"]
-            if not check_password(row["password_hash"] if row and usable else None, password):
+            if not await password_matches(
+                row["password_hash"] if row and usable else None, password
+            ):
                 await record_failure(conn, username, ip)
                 await audit_request(
                     conn, req, "auth.login", actor=username,
@@ -220,12 +223,12 @@ class MePasswordResource:
         body = await body_of(req, {"current_password": str, "new_password": str})
         async with self._pools.pool.acquire() as conn:
             current = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", user.id)
-            if not check_password(current, body["current_password"]):
+            if not await password_matches(current, body["current_password"]):
                 raise Problem(
                     403, "invalid-credentials", "Wrong password", "the current password is wrong"
                 )
             try:
-                new_hash = hash_password(body["new_password"])
+                new_hash = await new_password_hash(body["new_password"])
             except AccountError as exc:
                 raise invalid(str(exc), field="new_password") from None
             async with conn.transaction():

@@ -8,9 +8,9 @@ import asyncpg
 import falcon
 import falcon.asgi
 
-from dicomgw.accounts import AccountError, add_user, hash_password, validate_new_user
+from dicomgw.accounts import AccountError, insert_user, validate_new_user
 from dicomgw.api.auditing import audit_request
-from dicomgw.api.auth import User, allow
+from dicomgw.api.auth import User, allow, new_password_hash
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.validation import body_of
@@ -46,8 +46,10 @@ class UsersResource:
         body = await body_of(req, {"username": str, "role": str, "password": str})
         async with self._pools.pool.acquire() as conn, conn.transaction():
             try:
-                user_id = await add_user(
-                    conn, body["username"], body["role"], body["password"], actor=me.username
+                validate_new_user(body["username"], body["role"])
+                password_hash = await new_password_hash(body["password"])
+                user_id = await insert_user(
+                    conn, body["username"], body["role"], password_hash, actor=me.username
                 )
             except AccountError as exc:
                 if "already exists" in str(exc):
@@ -74,7 +76,7 @@ class UsersResource:
                 validate_new_user("x", body["role"])
                 changes["role"] = body["role"]
             if "password" in body:
-                changes["password_hash"] = hash_password(body["password"])
+                changes["password_hash"] = await new_password_hash(body["password"])
         except AccountError as exc:
             raise invalid(str(exc)) from None
         if "disabled" in body:
