@@ -29,7 +29,7 @@ from dicomgw.accounts import ensure_first_admin
 from dicomgw.certificates import warn_if_expiring
 from dicomgw.config import Config
 from dicomgw.db import migrate
-from dicomgw.db.pool import create_pool
+from dicomgw.db.pool import close_pool, create_pool
 from dicomgw.db.server import database
 from dicomgw.errors import DatabaseError, DicomGwError
 from dicomgw.forward.destinations import apply_declared
@@ -176,7 +176,7 @@ async def _serve(config: Config, config_file: str | None) -> None:
     except BaseException:
         await receiver.close()
         await forwarder.close()
-        await pool.close()
+        await close_pool(pool)
         raise
     _watch_certificates(config, receiver)
     rollups = asyncio.create_task(rollup_forever(pool), name="stats-rollup")
@@ -201,12 +201,11 @@ async def _serve(config: Config, config_file: str | None) -> None:
             )
         await _until_stopped(stop, api)
     finally:
-        rollups.cancel()
-        updater.cancel()
+        await _cancelled(rollups, updater)
         await receiver.close()
         await forwarder.close()
         await _stop_api(api)
-        await pool.close()
+        await close_pool(pool)
         log.info("stopped")
 
 
@@ -234,11 +233,10 @@ async def _receive_only(config: Config) -> None:
             )
             await _until_stopped(stop)
         finally:
-            rollups.cancel()
-            updater.cancel()
+            await _cancelled(rollups, updater)
     finally:
         await receiver.close()
-        await pool.close()
+        await close_pool(pool)
         log.info("stopped")
 
 
@@ -255,10 +253,10 @@ async def _forward_only(config: Config) -> None:
             log.info("dicom-gw forwarder running", extra={"owner": forwarder.owner})
             await _until_stopped(stop)
         finally:
-            updater.cancel()
+            await _cancelled(updater)
             await forwarder.close()
     finally:
-        await pool.close()
+        await close_pool(pool)
     log.info("stopped")
 
 
@@ -268,7 +266,7 @@ async def _api_only(config: Config, config_file: str | None) -> None:
     try:
         await _first_admin(pool)
     finally:
-        await pool.close()
+        await close_pool(pool)
     api = await _start_api(config, config_file)
     try:
         await _wait_api_listening(config, api)
@@ -290,6 +288,13 @@ def _watch_certificates(config: Config, receiver: Receiver) -> None:
         loop.call_later(CERTIFICATE_CHECK_S, check)
 
     check()
+
+
+async def _cancelled(*tasks: asyncio.Task[None]) -> None:
+    """Cancel and wait: a task still unwinding may hold a pool connection."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -8,6 +8,7 @@ privileges, which is said once at start.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +20,7 @@ from dicomgw.errors import DatabaseError
 log = logging.getLogger(__name__)
 
 APP_ROLE = "dicomgw_app"
+CLOSE_TIMEOUT_S = 10.0
 _ROLE_REFUSED = (asyncpg.InvalidParameterValueError, asyncpg.InsufficientPrivilegeError)
 
 
@@ -63,3 +65,15 @@ async def _pool(
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    """Close gracefully, or terminate after ``timeout_s``: Pool.close waits for
+    every connection to be released, and one released after its server went
+    away and came back can leave a holder waiting forever (seen: ``serve`` not
+    stopping after a database restart). asyncpg's documentation advises a timeout."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("database pool did not close in time: terminated")
+        pool.terminate()
