@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 import asyncpg
@@ -12,6 +13,8 @@ from dicomgw.errors import DicomGwError
 
 ROLES = ("admin", "operator", "viewer", "auditor")
 MIN_PASSWORD_LENGTH = 12
+"""The default of api.password_min_length."""
+MAX_PASSWORD_LENGTH = 1024
 
 # argon2-cffi's defaults are RFC 9106's second recommended (argon2id, 64 MiB, t=3).
 _hasher = PasswordHasher()
@@ -21,10 +24,33 @@ class AccountError(DicomGwError):
     exit_code = 2
 
 
-def hash_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    """zxcvbn's 30,000 most common passwords (from leaked password lists)."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"])
+
+
+def check_new_password(password: str, min_length: int = MIN_PASSWORD_LENGTH) -> None:
+    """AccountError saying why ``password`` may not be set."""
+    if len(password) < min_length:
+        raise AccountError(f"password too short: at least {min_length} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise AccountError(f"password too long: at most {MAX_PASSWORD_LENGTH} characters")
+    if password.lower() in _common_passwords():
+        raise AccountError("password is one of the most common passwords: choose another")
+
+
+def hash_password(password: str, min_length: int = MIN_PASSWORD_LENGTH) -> str:
+    check_new_password(password, min_length)
     return _hasher.hash(password)
+
+
+def rehashed(password: str, password_hash: str) -> str | None:
+    """A new hash of a password just verified, if ``password_hash`` was made with
+    other parameters than the current ones (argon2-cffi's defaults move up)."""
+    return _hasher.hash(password) if _hasher.check_needs_rehash(password_hash) else None
 
 
 def validate_new_user(username: str, role: str) -> None:
@@ -42,10 +68,17 @@ def validate_new_user(username: str, role: str) -> None:
 
 
 async def add_user(
-    conn: asyncpg.Connection, username: str, role: str, password: str, *, actor: str = "cli"
+    conn: asyncpg.Connection,
+    username: str,
+    role: str,
+    password: str,
+    *,
+    actor: str = "cli",
+    min_length: int = MIN_PASSWORD_LENGTH,
 ) -> int:
     validate_new_user(username, role)
-    return await insert_user(conn, username, role, hash_password(password), actor=actor)
+    password_hash = hash_password(password, min_length)
+    return await insert_user(conn, username, role, password_hash, actor=actor)
 
 
 async def insert_user(

@@ -205,7 +205,9 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         pool = await create_pool(dsn, config.database)
         try:
             async with pool.acquire() as conn, conn.transaction():
-                return await add_user(conn, args.name, args.role, password)
+                return await add_user(
+                    conn, args.name, args.role, password, min_length=config.api.password_min_length
+                )
         finally:
             await pool.close()
 

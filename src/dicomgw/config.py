@@ -282,6 +282,8 @@ class ApiConfig(_Section, frozen=True):
     """A session unused this long ends."""
     session_max_age_s: Annotated[int, msgspec.Meta(ge=300, le=30 * 86_400)] = 43_200
     """A session ends this long after login, used or not."""
+    password_min_length: Annotated[int, msgspec.Meta(ge=8, le=128)] = 12
+    """New passwords are at least this long (at most 1024), and not a common one."""
     metrics_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     """GET /metrics answers a request with ``Authorization: Bearer <this>``."""
     metrics_networks: tuple[str, ...] = ()

@@ -51,11 +51,11 @@ def _core_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{PREFIX}/auth/login", LoginResource(api))
     app.add_route(f"{PREFIX}/auth/logout", LogoutResource(api.pools, api.config.api))
     app.add_route(f"{PREFIX}/me", MeResource(api.pools))
-    app.add_route(f"{PREFIX}/me/password", MePasswordResource(api.pools))
+    app.add_route(f"{PREFIX}/me/password", MePasswordResource(api.pools, api.config.api))
     sessions = MySessionsResource(api.pools)
     app.add_route(f"{PREFIX}/me/sessions", sessions)
     app.add_route(f"{PREFIX}/me/sessions/{{session_id:id}}", sessions, suffix="one")
-    users = UsersResource(api.pools)
+    users = UsersResource(api.pools, api.config.api)
     app.add_route(f"{PREFIX}/users", users)
     app.add_route(f"{PREFIX}/users/{{user_id:id}}", users, suffix="one")
 

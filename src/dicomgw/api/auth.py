@@ -26,7 +26,7 @@ import falcon.asgi
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from dicomgw.accounts import ROLES, hash_password
+from dicomgw.accounts import ROLES, hash_password, rehashed
 from dicomgw.api.clients import client_address, networks
 from dicomgw.api.problems import Problem, forbidden, unauthenticated
 from dicomgw.config import ApiConfig
@@ -99,10 +99,16 @@ async def password_matches(password_hash: str | None, password: str) -> bool:
         return await asyncio.to_thread(check_password, password_hash, password)
 
 
-async def new_password_hash(password: str) -> str:
+async def new_password_hash(password: str, config: ApiConfig) -> str:
     """accounts.hash_password (AccountError for a weak one), off the loop and bounded."""
     async with _slots():
-        return await asyncio.to_thread(hash_password, password)
+        return await asyncio.to_thread(hash_password, password, config.password_min_length)
+
+
+async def upgraded_hash(password: str, password_hash: str) -> str | None:
+    """accounts.rehashed, off the loop and bounded."""
+    async with _slots():
+        return await asyncio.to_thread(rehashed, password, password_hash)
 
 
 # -- login throttling ---------------------------------------------------------------

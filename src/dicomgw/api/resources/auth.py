@@ -24,6 +24,7 @@ from dicomgw.api.auth import (
     record_failure,
     session_cookie,
     throttled,
+    upgraded_hash,
 )
 from dicomgw.api.context import ApiContext
 from dicomgw.api.mfa import second_factor_ok
@@ -89,6 +90,11 @@ class LoginResource:
             if row["totp_confirmed"]:
                 await self._second_factor(conn, req, row, body.get("totp"))
             await clear_failures(conn, username)
+            if upgraded := await upgraded_hash(password, row["password_hash"]):
+                # The hashing parameters went up since: rehash while we have it.
+                await conn.execute(
+                    "UPDATE users SET password_hash = $1 WHERE id = $2", upgraded, row["id"]
+                )
             token, csrf = await create_session(
                 conn, row["id"], self._config, ip, req.get_header("User-Agent")
             )
@@ -214,8 +220,9 @@ class MySessionsResource:
 
 
 class MePasswordResource:
-    def __init__(self, pools: PoolMiddleware) -> None:
+    def __init__(self, pools: PoolMiddleware, config: ApiConfig) -> None:
         self._pools = pools
+        self._config = config
 
     @allow(*ROLES)
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -228,7 +235,7 @@ class MePasswordResource:
                     403, "invalid-credentials", "Wrong password", "the current password is wrong"
                 )
             try:
-                new_hash = await new_password_hash(body["new_password"])
+                new_hash = await new_password_hash(body["new_password"], self._config)
             except AccountError as exc:
                 raise invalid(str(exc), field="new_password") from None
             async with conn.transaction():

@@ -14,6 +14,7 @@ from dicomgw.api.auth import User, allow, new_password_hash
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.validation import body_of
+from dicomgw.config import ApiConfig
 
 COLUMNS = "id, username, role, disabled, totp_confirmed, created_at, password_changed_at"
 
@@ -31,8 +32,9 @@ def row_json(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class UsersResource:
-    def __init__(self, pools: PoolMiddleware) -> None:
+    def __init__(self, pools: PoolMiddleware, config: ApiConfig) -> None:
         self._pools = pools
+        self._config = config
 
     @allow("admin")
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -47,7 +49,7 @@ class UsersResource:
         async with self._pools.pool.acquire() as conn, conn.transaction():
             try:
                 validate_new_user(body["username"], body["role"])
-                password_hash = await new_password_hash(body["password"])
+                password_hash = await new_password_hash(body["password"], self._config)
                 user_id = await insert_user(
                     conn, body["username"], body["role"], password_hash, actor=me.username
                 )
@@ -76,7 +78,7 @@ class UsersResource:
                 validate_new_user("x", body["role"])
                 changes["role"] = body["role"]
             if "password" in body:
-                changes["password_hash"] = await new_password_hash(body["password"])
+                changes["password_hash"] = await new_password_hash(body["password"], self._config)
         except AccountError as exc:
             raise invalid(str(exc)) from None
         if "disabled" in body:
