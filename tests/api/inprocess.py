@@ -50,6 +50,14 @@ def api_config(dsn: str, state_dir: Path, **env: str) -> Config:
     )
 
 
+async def new_user(dsn: str, name: str, role: str, password: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await add_user(conn, name, role, password)
+    finally:
+        await conn.close()
+
+
 @contextlib.asynccontextmanager
 async def logged_in(
     config: Config, role: str, routes: Sequence[RouteAdder] = ROUTES
@@ -57,11 +65,7 @@ async def logged_in(
     """The app with ``routes``, and a new user of ``role`` logged in to it."""
     assert config.database.dsn is not None
     name, password = f"{role}-{uuid.uuid4().hex[:8]}", "in-process-password"
-    conn = await asyncpg.connect(config.database.dsn)
-    try:
-        await add_user(conn, name, role, password)
-    finally:
-        await conn.close()
+    await new_user(config.database.dsn, name, role, password)
     app = create_app(config, routes=routes)
     async with falcon.testing.ASGIConductor(app) as conductor:
         login = await conductor.simulate_post(

@@ -9,10 +9,9 @@ import asyncpg
 import falcon.testing
 import pytest
 
-from dicomgw.accounts import add_user
 from dicomgw.api.app import create_app
 from dicomgw.api.clients import client_address, networks
-from tests.api.inprocess import api_config, migrated
+from tests.api.inprocess import api_config, migrated, new_user
 
 NGINX = networks(["127.0.0.1", "10.9.0.0/16"])
 
@@ -42,11 +41,7 @@ async def test_login_audit_and_throttle_see_the_forwarded_client(
 ) -> None:
     await migrated(empty_db)
     config = api_config(empty_db, tmp_path, DICOMGW_API__TRUSTED_PROXIES="[127.0.0.1]")
-    conn = await asyncpg.connect(empty_db)
-    try:
-        await add_user(conn, "bob", "viewer", "bob's long password")
-    finally:
-        await conn.close()
+    await new_user(empty_db, "bob", "viewer", "bob's long password")
     async with falcon.testing.ASGIConductor(create_app(config)) as api:
         for password in ("wrong password", "bob's long password"):
             await api.simulate_post(

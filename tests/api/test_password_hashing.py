@@ -15,21 +15,16 @@ import falcon.testing
 import pytest
 from argon2 import PasswordHasher
 
-from dicomgw.accounts import add_user
 from dicomgw.api import auth
 from dicomgw.api.app import create_app
-from tests.api.inprocess import api_config, logged_in, migrated
+from tests.api.inprocess import api_config, logged_in, migrated, new_user
 
 
 async def test_logins_hash_in_bounded_threads(
     empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await migrated(empty_db)
-    conn = await asyncpg.connect(empty_db)
-    try:
-        await add_user(conn, "dora", "viewer", "dora's long password")
-    finally:
-        await conn.close()
+    await new_user(empty_db, "dora", "viewer", "dora's long password")
     threads: set[str] = set()
     running = peak = 0
     lock = threading.Lock()
@@ -109,9 +104,9 @@ async def test_login_rehashes_a_hash_made_with_weaker_parameters(
 ) -> None:
     await migrated(empty_db)
     weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    await new_user(empty_db, "gina", "viewer", "gina's long password")
     conn = await asyncpg.connect(empty_db)
     try:
-        await add_user(conn, "gina", "viewer", "gina's long password")
         await conn.execute(
             "UPDATE users SET password_hash = $1 WHERE username = 'gina'",
             weak.hash("gina's long password"),

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 import falcon.testing
 
-from dicomgw.accounts import add_user
 from dicomgw.api.app import create_app
 from dicomgw.api.auth import SECURE_SESSION_COOKIE
-from tests.api.inprocess import api_config, migrated
+from tests.api.inprocess import api_config, migrated, new_user
 
 
 async def test_host_prefixed_cookie_behind_https(empty_db: str, tmp_path: Path) -> None:
     await migrated(empty_db)
     config = api_config(empty_db, tmp_path, DICOMGW_API__BEHIND_HTTPS="true")
-    conn = await asyncpg.connect(empty_db)
-    try:
-        await add_user(conn, "carol", "viewer", "carol's long password")
-    finally:
-        await conn.close()
+    await new_user(empty_db, "carol", "viewer", "carol's long password")
     async with falcon.testing.ASGIConductor(create_app(config)) as api:
         login = await api.simulate_post(
             "/api/v1/auth/login", json={"username": "carol", "password": "carol's long password"}
