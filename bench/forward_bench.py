@@ -250,7 +250,7 @@ def run_send(
     finally:
         receivers.stop(run, groups or sink.groups(run))
     if result.status == "ok" and not args.keep:
-        shutil.rmtree(workdir)
+        measure.LEFTOVERS.add(workdir)
     return result
 
 
@@ -338,7 +338,7 @@ def run_e2e(work: Work, parallel: int, args: argparse.Namespace) -> E2eResult:
             receivers.stop(gateway_run, gateway_groups or gateway_run.receiver.groups(gateway_run))
         receivers.stop(sink_run, sink_groups)
     if result.status == "ok" and not args.keep:
-        shutil.rmtree(workdir)
+        measure.LEFTOVERS.add(workdir)
     return result
 
 

@@ -143,7 +143,7 @@ def run_one(
     finally:
         receivers.stop(run, groups or receiver.groups(run))
     if result.status == "ok" and not args.keep:
-        shutil.rmtree(workdir)
+        measure.LEFTOVERS.add(workdir)
     return result
 
 
