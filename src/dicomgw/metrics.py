@@ -183,6 +183,10 @@ class ServeMetrics:
             registry=registry,
         )
         self._reasons = _rejection_reasons()
+        self.database_restarts = counter(
+            "dicomgw_embedded_postgres_restarts",
+            "Times the embedded PostgreSQL died and this process started it again.",
+        )
         self._seen: dict[str, float] = {}
         # Per runner: a destination's runner is replaced (with new counters) when
         # its settings change; the old one's totals are already counted.
@@ -203,6 +207,9 @@ class ServeMetrics:
         """Once per index transaction."""
         self.index_batch_size.observe(size)
         self.index_batch_duration.observe(seconds)
+
+    def observe_database_restart(self) -> None:
+        self.database_restarts.inc()
 
     def observe_send(self, destination: str, seconds: float) -> None:
         self.forward_duration.labels(destination).observe(seconds)

@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import msgspec
@@ -29,8 +29,9 @@ from dicomgw.accounts import ensure_first_admin
 from dicomgw.certificates import warn_if_expiring
 from dicomgw.config import Config
 from dicomgw.db import migrate
+from dicomgw.db.embedded import EmbeddedPostgres
 from dicomgw.db.pool import close_pool, create_pool
-from dicomgw.db.server import database
+from dicomgw.db.server import database_server
 from dicomgw.errors import DatabaseError, DicomGwError
 from dicomgw.forward.destinations import apply_declared
 from dicomgw.forward.secrets import SecretBox
@@ -58,7 +59,7 @@ def run(config: Config, config_file: str | None) -> None:
         metrics_dir(config, exclusive=True)
         prepare_storage(config.storage_root)
         with _live(config, adopt=True, upgrade=config.database.upgrade_on_start) as live:
-            uvloop.run(_serve(live, config_file))
+            uvloop.run(_serve(*live, config_file))
 
 
 def run_receiver(config: Config) -> None:
@@ -69,7 +70,7 @@ def run_receiver(config: Config) -> None:
         metrics_dir(config, exclusive=False)
         prepare_storage(config.storage_root)
         with _live(config, adopt=False, upgrade=config.database.upgrade_on_start) as live:
-            uvloop.run(_receive_only(live))
+            uvloop.run(_receive_only(*live))
 
 
 def run_forwarder(config: Config) -> None:
@@ -77,14 +78,14 @@ def run_forwarder(config: Config) -> None:
     ``receiver`` (or an operator) set up; several may run against one database."""
     metrics_dir(config, exclusive=False)
     with _live(config, adopt=False, upgrade=False) as live:
-        uvloop.run(_forward_only(live))
+        uvloop.run(_forward_only(*live))
 
 
 def run_api(config: Config, config_file: str | None) -> None:
     """``dicom-gw api``: Granian with ``api.workers`` workers, supervised here."""
     metrics_dir(config, exclusive=False)
     with _live(config, adopt=False, upgrade=False) as live:
-        uvloop.run(_api_only(live, config_file))
+        uvloop.run(_api_only(*live, config_file))
 
 
 @contextlib.contextmanager
@@ -98,13 +99,17 @@ def _state_dir_locked(config: Config) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _live(config: Config, *, adopt: bool, upgrade: bool) -> Iterator[Config]:
-    """The config with the DSN of the database in use, its schema checked."""
-    with database(config, adopt=adopt) as dsn:
+def _live(
+    config: Config, *, adopt: bool, upgrade: bool
+) -> Iterator[tuple[Config, EmbeddedPostgres | None]]:
+    """The config with the DSN of the database in use, its schema checked; and
+    the embedded server, if that is the one."""
+    with database_server(config, adopt=adopt) as (dsn, embedded):
         ensure_schema(dsn, upgrade=upgrade)
-        yield msgspec.structs.replace(
+        live = msgspec.structs.replace(
             config, database=msgspec.structs.replace(config.database, dsn=dsn)
         )
+        yield live, embedded
 
 
 def ensure_schema(dsn: str, *, upgrade: bool) -> None:
@@ -157,11 +162,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def _serve(config: Config, config_file: str | None) -> None:
+async def _serve(
+    config: Config, embedded: EmbeddedPostgres | None, config_file: str | None
+) -> None:
     from dicomgw.metrics import ServeMetrics  # NOTE: only after metrics_dir()
 
     stop = _stop_on_signals()
     metrics = ServeMetrics()
+    keeper = _keep_database(embedded, metrics.observe_database_restart)
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
     await _first_admin(pool)
     receiver = Receiver(
@@ -201,7 +209,7 @@ async def _serve(config: Config, config_file: str | None) -> None:
             )
         await _until_stopped(stop, api)
     finally:
-        await _cancelled(rollups, updater)
+        await _cancelled(keeper, rollups, updater)
         await receiver.close()
         await forwarder.close()
         await _stop_api(api)
@@ -209,11 +217,12 @@ async def _serve(config: Config, config_file: str | None) -> None:
         log.info("stopped")
 
 
-async def _receive_only(config: Config) -> None:
+async def _receive_only(config: Config, embedded: EmbeddedPostgres | None) -> None:
     from dicomgw.metrics import ServeMetrics  # NOTE: only after metrics_dir()
 
     stop = _stop_on_signals()
     metrics = ServeMetrics()
+    keeper = _keep_database(embedded, metrics.observe_database_restart)
     pool = await create_pool(config.database.dsn or "", config.database, init=init_connection)
     receiver = Receiver(
         config,
@@ -235,16 +244,18 @@ async def _receive_only(config: Config) -> None:
         finally:
             await _cancelled(rollups, updater)
     finally:
+        await _cancelled(keeper)
         await receiver.close()
         await close_pool(pool)
         log.info("stopped")
 
 
-async def _forward_only(config: Config) -> None:
+async def _forward_only(config: Config, embedded: EmbeddedPostgres | None) -> None:
     from dicomgw.metrics import ServeMetrics  # NOTE: only after metrics_dir()
 
     stop = _stop_on_signals()
     metrics = ServeMetrics()
+    keeper = _keep_database(embedded, metrics.observe_database_restart)
     pool = await create_pool(config.database.dsn or "", config.database)
     try:
         forwarder = await start_forwarder(config, pool, on_sent=metrics.observe_send)
@@ -256,12 +267,16 @@ async def _forward_only(config: Config) -> None:
             await _cancelled(updater)
             await forwarder.close()
     finally:
+        await _cancelled(keeper)
         await close_pool(pool)
     log.info("stopped")
 
 
-async def _api_only(config: Config, config_file: str | None) -> None:
+async def _api_only(
+    config: Config, embedded: EmbeddedPostgres | None, config_file: str | None
+) -> None:
     stop = _stop_on_signals()
+    keeper = _keep_database(embedded, lambda: None)
     pool = await create_pool(config.database.dsn or "", config.database)
     try:
         await _first_admin(pool)
@@ -273,6 +288,7 @@ async def _api_only(config: Config, config_file: str | None) -> None:
         log.info("dicom-gw api running", extra={"api": f"{config.api.host}:{config.api.port}"})
         await _until_stopped(stop, api)
     finally:
+        await _cancelled(keeper)
         await _stop_api(api)
         log.info("stopped")
 
@@ -288,6 +304,19 @@ def _watch_certificates(config: Config, receiver: Receiver) -> None:
         loop.call_later(CERTIFICATE_CHECK_S, check)
 
     check()
+
+
+def _keep_database(
+    embedded: EmbeddedPostgres | None, on_restart: Callable[[], None]
+) -> asyncio.Task[None]:
+    """The embedded server's watchdog; it does nothing for an external
+    database or an embedded one this process did not start or adopt."""
+
+    async def keep() -> None:
+        if embedded is not None:
+            await embedded.keep_running(on_restart)
+
+    return asyncio.create_task(keep(), name="embedded-postgres")
 
 
 async def _cancelled(*tasks: asyncio.Task[None]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import signal
 from pathlib import Path
 
 import asyncpg
@@ -110,4 +111,35 @@ async def test_root_created_state_dir_is_shared_with_the_server_user(state_dir: 
         assert private.stat().st_gid == pwd.getpwnam("dicomgw").pw_gid
         assert private.stat().st_mode & 0o007 == 0  # nothing opened to others
     finally:
+        server.stop()
+
+
+async def test_keep_running_restarts_a_killed_server_and_retries_a_failed_start(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = EmbeddedPostgres(state_dir / "pg", run_as="dicomgw")
+    dsn = server.start(adopt=True)
+    conf = state_dir / "pg" / "postgresql.conf"
+    good_conf = conf.read_text()
+    restarted: list[int] = []
+    keeper = asyncio.create_task(server.keep_running(lambda: restarted.append(1), check_s=0.05))
+    try:
+        await scalar(dsn, "CREATE TABLE kept AS SELECT 7 AS x")
+        killed = PostmasterInfo.read(state_dir / "pg")
+        assert killed is not None
+        # The next start fails (a bad setting) until the setting is fixed.
+        conf.write_text(good_conf + "\nshared_buffers = 'plenty'\n")
+        os.kill(killed.pid, signal.SIGKILL)
+        async with asyncio.timeout(60):
+            while "embedded PostgreSQL did not start again" not in caplog.text:
+                await asyncio.sleep(0.05)
+        assert not restarted
+        conf.write_text(good_conf)
+        async with asyncio.timeout(60):
+            while not restarted:
+                await asyncio.sleep(0.05)
+        assert await scalar(dsn, "SELECT x FROM kept") == 7
+        assert server.restarts == 1
+    finally:
+        keeper.cancel()
         server.stop()

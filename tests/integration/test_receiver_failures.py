@@ -6,6 +6,8 @@ nothing under objects/ and no partial file in incoming/."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import struct
 import uuid
@@ -15,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dicomgw.db.embedded import EmbeddedPostgres
+from dicomgw.db.embedded import EmbeddedPostgres, PostmasterInfo
 from dicomgw.dimse.commands import encode_c_store_rq
 from tests.gateway import Gateway, running
 from tests.integration.scu import (
@@ -204,6 +206,40 @@ async def test_one_unindexable_instance_does_not_fail_its_batch(
         assert bad_status is not None
         assert good_status == SUCCESS
         assert len(await instance_rows(gw.dsn or "", good.SOPInstanceUID)) == 1
+
+
+async def test_embedded_database_killed_is_started_again(state_dir: Path) -> None:
+    """The default install: serve started PostgreSQL itself. When the server is
+    killed (the OOM killer), serve starts it again; until then C-STOREs fail
+    with nothing stored, and nothing acknowledged before is lost."""
+    with running(Gateway(state_dir, None)) as gw:
+        first = make_dataset()
+        assert send(gw.dimse_port, [first]) == [SUCCESS]
+        killed = PostmasterInfo.read(state_dir / "pg")
+        assert killed is not None
+        os.kill(killed.pid, signal.SIGKILL)
+        assert killed.wait_exit(10)
+
+        stored = []
+
+        def store_one() -> bool:
+            ds = make_dataset()
+            [status] = send(gw.dimse_port, [ds])
+            if status == SUCCESS:
+                stored.append(ds)
+                return True
+            assert status == OUT_OF_RESOURCES
+            assert files_with_uid(gw.storage, ds.SOPInstanceUID) == []
+            return False
+
+        assert wait_until(store_one, timeout=60), gw.log()[-3000:]
+        again = PostmasterInfo.read(state_dir / "pg")
+        assert again is not None and again.pid != killed.pid and again.is_alive()
+        assert "embedded PostgreSQL restarted" in gw.log()
+        # Attached, not owned: this does not stop the gateway's server.
+        dsn = EmbeddedPostgres(state_dir / "pg", run_as="dicomgw").start(adopt=False)
+        for ds in (first, *stored):
+            assert len(await instance_rows(dsn, ds.SOPInstanceUID)) == 1
 
 
 async def test_index_database_goes_away_and_comes_back(workdir: Path, state_dir: Path) -> None:

@@ -8,10 +8,15 @@ is opened and no password is needed.
 PostgreSQL refuses to run as root; when dicom-gw runs as root (a developer's
 shell, CI) the server runs as ``database.embedded_run_as`` (created as a
 system user if missing), which owns the data directory.
+
+The process that owns the server restarts it if it dies (:meth:`keep_running`):
+the OOM killer or a crash must not leave the gateway refusing every C-STORE
+until someone restarts it by hand.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import grp
 import hashlib
@@ -22,7 +27,9 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -34,6 +41,10 @@ log = logging.getLogger(__name__)
 PORT = 5432  # names the socket file only: no TCP listener
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 10.0
+CHECK_ALIVE_S = 2.0
+# A server that does not come back (a full disk, shared memory still held by the
+# dead one's backends) is tried again after 2, 4, ... up to 60 s.
+RESTART_BACKOFF_MAX_S = 60.0
 # sockaddr_un.sun_path is 108 bytes including the NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -199,6 +210,10 @@ class EmbeddedPostgres:
         self._run_as_name = run_as
         self.owned = False
         self._dsn: str | None = None
+        self._postmaster: PostmasterInfo | None = None
+        # A restart (in a thread) and stop() never run pg_ctl at the same time.
+        self._control = threading.Lock()
+        self.restarts = 0
 
     @property
     def dsn(self) -> str:
@@ -221,6 +236,7 @@ class EmbeddedPostgres:
                 extra={"pid": running.pid, "data_dir": str(self.data_dir), "adopted": adopt},
             )
             self.owned = adopt
+            self._postmaster = running
             self._dsn = _dsn(running.socket_dir)
             return self._dsn
         if not (self.data_dir / "PG_VERSION").exists():
@@ -252,12 +268,17 @@ class EmbeddedPostgres:
             what=f"starting the embedded PostgreSQL (its log: {log_file})",
         )
         self.owned = True
+        self._postmaster = PostmasterInfo.read(self.data_dir)
         self._dsn = _dsn(sock)
         log.info("embedded PostgreSQL started", extra={"data_dir": str(self.data_dir)})
         return self._dsn
 
     def stop(self) -> None:
         """Stop the server if this process owns it (fast shutdown: clean, no recovery)."""
+        with self._control:
+            self._stop()
+
+    def _stop(self) -> None:
         if not self.owned:
             return
         who = _run_as(self._run_as_name)
@@ -272,6 +293,48 @@ class EmbeddedPostgres:
             log.warning("embedded PostgreSQL still exiting", extra={"pid": running.pid})
         self.owned = False
         log.info("embedded PostgreSQL stopped", extra={"data_dir": str(self.data_dir)})
+
+    async def keep_running(
+        self, on_restart: Callable[[], None] = lambda: None, *, check_s: float = CHECK_ALIVE_S
+    ) -> None:
+        """While this process owns the server, start it again whenever it has died.
+
+        PostgreSQL recovers from its WAL on start, so every committed row is
+        back; C-STOREs in the meantime are answered 0xA700 (nothing is
+        acknowledged without its index row) and the peers send them again.
+        """
+        delay = check_s
+        while True:
+            await asyncio.sleep(delay)
+            postmaster = self._postmaster
+            if not self.owned or postmaster is None or postmaster.is_alive():
+                delay = check_s
+                continue
+            log.error(
+                "embedded PostgreSQL exited unexpectedly: restarting it",
+                extra={"pid": postmaster.pid, "log": str(self.data_dir / "log" / "postgres.log")},
+            )
+            try:
+                await asyncio.to_thread(self._restart)
+            except (DatabaseError, OSError) as exc:
+                delay = min(max(delay, check_s) * 2, RESTART_BACKOFF_MAX_S)
+                log.error(
+                    "embedded PostgreSQL did not start again",
+                    extra={"error": str(exc), "retry_in_s": delay},
+                )
+                continue
+            delay = check_s
+            self.restarts += 1
+            on_restart()
+            log.warning(
+                "embedded PostgreSQL restarted",
+                extra={"pid": self._postmaster.pid if self._postmaster else None},
+            )
+
+    def _restart(self) -> None:
+        with self._control:
+            if self.owned:  # not stopped meanwhile
+                self.start(adopt=True)
 
     def _initdb(self, bindir: Path, who: RunAs) -> None:
         log.info("initialising the embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})

@@ -266,6 +266,15 @@ $fn$
 """
 
 
+def _broken(conn: asyncpg.Connection) -> bool:
+    """Closed, or already handed back to the pool: asyncpg releases a pooled
+    connection whose server went away, and its proxy then raises on every call."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
 class IndexUnavailable(DicomGwError):
     """The instance was not indexed. ``maybe_committed``: the connection was lost
     or timed out during COMMIT (or during the fast path's statement, which is its
@@ -467,7 +476,7 @@ class IndexBatcher:
     async def _connection(self) -> asyncpg.Connection:
         """The writer's own connection, kept across batches (no pool round trip and
         reset per batch); replaced after it breaks."""
-        if self._conn is not None and self._conn.is_closed():
+        if self._conn is not None and _broken(self._conn):
             await self._drop_connection()
         if self._conn is None:
             self._conn = await self._pool.acquire()
