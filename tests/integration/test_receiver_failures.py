@@ -242,6 +242,22 @@ async def test_embedded_database_killed_is_started_again(state_dir: Path) -> Non
             assert len(await instance_rows(dsn, ds.SOPInstanceUID)) == 1
 
 
+async def test_database_restarted_between_stores(workdir: Path, state_dir: Path) -> None:
+    """The index writer's connection died while idle; the next C-STORE gets a new one."""
+    server = EmbeddedPostgres(workdir / f"pg-{uuid.uuid4().hex[:8]}", run_as="dicomgw")
+    dsn = server.start(adopt=True)
+    try:
+        with running(Gateway(state_dir, dsn)) as gw:
+            assert send(gw.dimse_port, [make_dataset()]) == [SUCCESS]
+            server.stop()
+            assert server.start(adopt=True) == dsn
+            after = make_dataset()
+            assert send(gw.dimse_port, [after]) == [SUCCESS]
+            assert len(await instance_rows(dsn, after.SOPInstanceUID)) == 1
+    finally:
+        server.stop()
+
+
 async def test_index_database_goes_away_and_comes_back(workdir: Path, state_dir: Path) -> None:
     server = EmbeddedPostgres(workdir / f"pg-{uuid.uuid4().hex[:8]}", run_as="dicomgw")
     dsn = server.start(adopt=True)
