@@ -235,7 +235,8 @@ async def test_embedded_database_killed_is_started_again(state_dir: Path) -> Non
         assert wait_until(store_one, timeout=60), gw.log()[-3000:]
         again = PostmasterInfo.read(state_dir / "pg")
         assert again is not None and again.pid != killed.pid and again.is_alive()
-        assert "embedded PostgreSQL restarted" in gw.log()
+        # NOTE: logged once pg_ctl returns, which can be after the server serves.
+        assert wait_until(lambda: "embedded PostgreSQL restarted" in gw.log(), timeout=30)
         # Attached, not owned: this does not stop the gateway's server.
         dsn = EmbeddedPostgres(state_dir / "pg", run_as="dicomgw").start(adopt=False)
         for ds in (first, *stored):
