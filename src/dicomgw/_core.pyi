@@ -1,5 +1,6 @@
 """Types of dicomgw._core, the compiled core built from csrc/_core.pyx."""
 
+import os
 from collections.abc import Callable
 
 class PDUFramer:
@@ -41,6 +42,18 @@ def scan_metadata(
     Raises dicomgw.errors.MalformedDataSet for impossible structure or, when complete,
     for anything running past the end of head; ValueError for implicit VR big endian.
     """
+
+# The commit of a received file; see csrc/durable_commit.pyx.
+
+def commit_file(
+    fd: int,
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    sync: bool,
+) -> None:
+    """fsync fd (if sync) and close it, rename src to dst, fsync directory (if sync),
+    without the GIL. fd is always closed; OSError names the failed step."""
 
 # The acceptor's receive parser; see csrc/receive_stream.pyx.
 

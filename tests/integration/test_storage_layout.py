@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dicomgw.errors import DicomGwError
 from dicomgw.storage.layout import prepare_storage
+from dicomgw.storage.spool import Spool
 
 UNPRIVILEGED = "nobody"
 
@@ -68,3 +71,18 @@ def test_existing_root_without_write_permission(state_dir: Path) -> None:
     code, message = _prepare_as_unprivileged(root)
     assert code == 1, message
     assert f"storage path '{root}/objects' is not writable by user" in message
+
+
+def test_day_directories_are_made_ahead(state_dir: Path) -> None:
+    layout = prepare_storage(state_dir / "storage")
+    with ThreadPoolExecutor(1) as executor:
+        spool = Spool(layout, fsync=True, executor=executor)
+        spool.prepare_days()
+        relative = spool.object_path("ab" + "0" * 30)
+    today = time.strftime("%Y/%m/%d", time.gmtime())
+    tomorrow = time.strftime("%Y/%m/%d", time.gmtime(time.time() + 86_400))
+    assert relative.parent == Path("objects", today, "ab")
+    for day in (today, tomorrow):
+        shards = sorted(p.name for p in (layout.objects / day).iterdir())
+        assert shards == [f"{k:02x}" for k in range(256)]
+        assert oct((layout.objects / day / "ab").stat().st_mode & 0o777) == "0o750"

@@ -82,6 +82,7 @@ class Receiver:
         await self.routing.start()
         self.batcher.start()
         await recover(self.spool.layout, self._pool, self.batcher)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.spool.prepare_days)
         dimse = self._config.dimse
         self._tls = self._tls_context()
         self._servers.append(await self._listen("port", dimse.port, None))

@@ -172,8 +172,9 @@ class Store:
         if problem is not None:
             spool.discard(self._incoming)
             return problem
+        relative = spool.object_path(self._incoming.key)
         try:
-            relative = await spool.commit(self._incoming)
+            await spool.commit(self._incoming, relative)
         except OSError as exc:
             log.error(
                 "commit failed",
