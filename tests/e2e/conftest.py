@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -138,7 +139,13 @@ def screenshot(page: Page, name: str) -> None:
 
 
 class StoreSCP:
-    """DCMTK's storescp as a forward destination, stopped and started at will."""
+    """DCMTK's storescp as a forward destination, stopped and started at will.
+
+    NOTE: ``--fork``, one process per association, as a PACS takes several at
+    once: without it a second association of the destination (max_parallel 2)
+    waited unanswered while the first was held open for reuse (idle_release_s,
+    10 s), and a job could take longer than the test waits.
+    """
 
     def __init__(self, dcmtk: Path, directory: Path, ae_title: str = "E2EPACS") -> None:
         self.dcmtk = dcmtk
@@ -152,6 +159,7 @@ class StoreSCP:
         self.proc = subprocess.Popen(
             [
                 self.dcmtk / "storescp",
+                "--fork",
                 "-aet",
                 self.ae_title,
                 "-od",
@@ -161,6 +169,7 @@ class StoreSCP:
             env=dcmtk_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -173,8 +182,10 @@ class StoreSCP:
         raise AssertionError(f"storescp is not listening on {self.port}")
 
     def stop(self) -> None:
+        """The listener and the children serving open associations: the peer is down."""
         if self.proc is not None:
-            self.proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
             self.proc = None
 
