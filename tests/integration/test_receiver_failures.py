@@ -5,6 +5,7 @@ nothing under objects/ and no partial file in incoming/."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -12,6 +13,7 @@ import socket
 import struct
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -257,6 +259,59 @@ async def test_database_restarted_between_stores(workdir: Path, state_dir: Path)
             assert len(await instance_rows(dsn, after.SOPInstanceUID)) == 1
     finally:
         server.stop()
+
+
+async def test_file_kept_after_an_unconfirmed_commit_is_indexed_without_a_restart(
+    gateway_factory: Callable[..., Gateway], empty_db: str
+) -> None:
+    """The connection to the database breaks during the index COMMIT: the
+    sender gets 0xA700, the file is kept, and once the database answers the
+    receiver settles it: indexed (event 'recovered'), not left for a restart."""
+    with running(gateway_factory()) as gw:
+        conn = await asyncpg.connect(empty_db)
+        try:
+            # A deferred trigger makes the writer's COMMIT wait for a lock held here.
+            await conn.execute(
+                """CREATE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                   BEGIN PERFORM pg_advisory_xact_lock(4243); RETURN NULL; END $$;
+                   CREATE CONSTRAINT TRIGGER wait_at_commit AFTER INSERT ON instances
+                   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_at_commit()"""
+            )
+            await conn.execute("SELECT pg_advisory_lock(4243)")
+            ds = make_dataset()
+            with ThreadPoolExecutor(1) as pool:
+                sent = pool.submit(send, gw.dimse_port, [ds])
+                pid = None
+                for _ in range(200):
+                    pid = await conn.fetchval(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE '%dicomgw_%'"
+                    )
+                    if pid is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                # NOTE: the fast path's statement is its own COMMIT (autocommit).
+                assert pid is not None, "the writer never waited in its COMMIT"
+                assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                assert sent.result(30) == [OUT_OF_RESOURCES]
+            assert len(files_with_uid(gw.storage, ds.SOPInstanceUID)) == 1
+            assert "index commit unconfirmed: file kept" in gw.log()
+            await conn.execute("SELECT pg_advisory_unlock(4243)")
+            for _ in range(200):
+                if await instance_rows(empty_db, ds.SOPInstanceUID):
+                    break
+                await asyncio.sleep(0.1)
+            [row] = await instance_rows(empty_db, ds.SOPInstanceUID)
+            event = await conn.fetchval(
+                "SELECT event FROM ingest_events WHERE instance_id = $1", row["id"]
+            )
+            assert event == "recovered"
+            [kept] = files_with_uid(gw.storage, ds.SOPInstanceUID)
+            assert str(kept.relative_to(gw.storage)) == row["file_path"]
+            assert wait_until(lambda: "unconfirmed index commit settled" in gw.log())
+            assert gw.proc is not None and gw.proc.poll() is None
+        finally:
+            await conn.close()
 
 
 async def test_index_database_goes_away_and_comes_back(workdir: Path, state_dir: Path) -> None:

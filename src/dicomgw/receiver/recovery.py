@@ -1,4 +1,6 @@
-"""Start-up recovery: what a crash (kill -9, power loss) can leave behind.
+"""Start-up recovery: what a crash (kill -9, power loss) can leave behind; and,
+while running, the files kept after an index COMMIT that may not have
+happened (:class:`Unconfirmed`).
 
 - ``deletions/*.json``: a study deletion whose files were not all removed yet;
   settled first (the files no index row points to are removed), so that a
@@ -17,6 +19,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -28,7 +32,7 @@ import asyncpg
 from dicomgw._core import crc32c
 from dicomgw.errors import DicomGwError
 from dicomgw.index import records as tags
-from dicomgw.index.batcher import IndexBatcher
+from dicomgw.index.batcher import IndexBatcher, IndexUnavailable
 from dicomgw.index.records import Attributes, InstanceRecord, Provenance, build_record
 from dicomgw.receiver.store import CHECKSUM_PREFIX, scan
 from dicomgw.storage import deletions
@@ -42,6 +46,9 @@ HEAD_BYTES = 65536
 READ_CHUNK = 4 * 1024 * 1024
 # Well above the index deadline (statement timeout + connect timeout).
 RECOVERY_MARGIN = dt.timedelta(hours=1)
+# Unconfirmed commits: first look after 1 s, then 2, 4, ... at most every 30 s.
+SETTLE_FIRST_S = 1.0
+SETTLE_MAX_S = 30.0
 
 
 async def recover(
@@ -67,25 +74,100 @@ async def recover(
                 )
             }
         for relative in sorted(on_disk - indexed):
-            try:
-                record = read_record(layout.root, relative)
-            except (OSError, DicomGwError) as exc:
-                _quarantine(layout, relative, counts, "unindexed object does not verify", exc)
-                continue
-            outcome = await batcher.index(record)
-            if outcome.kind == "duplicate":  # the same bytes are stored and indexed
-                (layout.root / relative).unlink()
-            elif outcome.kind == "conflict":
-                # NOTE: other bytes under an indexed SOP Instance UID, refused by
-                # duplicate_policy: reject. It may be a version kept under
-                # keep-both (a rebuild of such an archive), so it is kept aside,
-                # never deleted.
-                _quarantine(layout, relative, counts, "unindexed object conflicts with the index")
-                continue
-            counts["recovered"] += 1
+            await settle_object(layout, relative, batcher, counts)
     if any(counts.values()):
         log.warning("storage recovery", extra=counts)
     return counts
+
+
+async def settle_object(
+    layout: StorageLayout, relative: str, batcher: IndexBatcher, counts: dict[str, int]
+) -> str:
+    """An object under objects/ that no index row points to: verified and
+    indexed (``recovered``), removed if the same bytes are indexed under
+    another file (``duplicate``), or ``quarantined``; which, is returned.
+    Raises IndexUnavailable (then nothing changed)."""
+    try:
+        record = read_record(layout.root, relative)
+    except (OSError, DicomGwError) as exc:
+        _quarantine(layout, relative, counts, "unindexed object does not verify", exc)
+        return "quarantined"
+    outcome = await batcher.index(record)
+    if outcome.kind == "duplicate":  # the same bytes are stored and indexed
+        (layout.root / relative).unlink()
+        return "duplicate"
+    if outcome.kind == "conflict":
+        # NOTE: other bytes under an indexed SOP Instance UID, refused by
+        # duplicate_policy: reject. It may be a version kept under
+        # keep-both (a rebuild of such an archive), so it is kept aside,
+        # never deleted.
+        _quarantine(layout, relative, counts, "unindexed object conflicts with the index")
+        return "quarantined"
+    counts["recovered"] += 1
+    return "recovered"
+
+
+class Unconfirmed:
+    """Files kept when the index COMMIT of their instance may or may not have
+    happened (the connection broke during it): settled as soon as the database
+    answers again, not only at the next start.
+
+    The sender was answered 0xA700 and will most likely send the instance
+    again; if it never does, the kept file is indexed here (event
+    ``recovered``) with its forward jobs, so nothing received is forgotten.
+    """
+
+    def __init__(self, layout: StorageLayout, pool: asyncpg.Pool, batcher: IndexBatcher) -> None:
+        self._layout = layout
+        self._pool = pool
+        self._batcher = batcher
+        self._pending: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, relative: str) -> None:
+        self._pending.add(relative)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._settle_all(), name="unconfirmed-commits"
+            )
+
+    async def close(self) -> None:
+        """What is left is settled by the next start's recovery."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _settle_all(self) -> None:
+        delay = SETTLE_FIRST_S
+        while self._pending:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SETTLE_MAX_S)
+            try:
+                await self._settle()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                continue  # the database is still away
+            except IndexUnavailable:
+                continue
+
+    async def _settle(self) -> None:
+        pending = sorted(self._pending)
+        async with self._pool.acquire() as conn:
+            indexed = {
+                r["file_path"]
+                for r in await conn.fetch(
+                    "SELECT file_path FROM instances WHERE file_path = ANY($1::text[])", pending
+                )
+            }
+        counts = {"recovered": 0, "quarantined": 0}
+        for relative in pending:
+            outcome = "committed"
+            if relative not in indexed:
+                outcome = await settle_object(self._layout, relative, self._batcher, counts)
+            self._pending.discard(relative)
+            log.warning(
+                "unconfirmed index commit settled", extra={"file": relative, "outcome": outcome}
+            )
 
 
 def _quarantine(

@@ -21,7 +21,7 @@ from dicomgw.config import Config
 from dicomgw.errors import DicomGwError
 from dicomgw.forward.rules import RoutingTable
 from dicomgw.index.batcher import BatchObserver, IndexBatcher
-from dicomgw.receiver.recovery import recover
+from dicomgw.receiver.recovery import Unconfirmed, recover
 from dicomgw.receiver.refusals import RefusalAuditor
 from dicomgw.receiver.store import StorageService
 from dicomgw.storage.disk import DiskGuard
@@ -70,8 +70,13 @@ class Receiver:
         self.limits = AssociationLimits(config.dimse)
         self.refusals = RefusalAuditor(pool)
         self.counters = ListenerCounters(on_store_answered, self.refusals)
+        self.unconfirmed = Unconfirmed(layout, pool, self.batcher)
         self.service = StorageService(
-            self.spool, self.disk, self.batcher, head_bytes=config.index.scan_bytes
+            self.spool,
+            self.disk,
+            self.batcher,
+            head_bytes=config.index.scan_bytes,
+            on_unconfirmed=self.unconfirmed.add,
         )
         self._config = config
         self._pool = pool
@@ -144,6 +149,7 @@ class Receiver:
             server.close()
         for server in self._servers:
             await server.wait_closed()
+        await self.unconfirmed.close()
         await self.batcher.close()
         await self.refusals.close()
         await self.routing.close()

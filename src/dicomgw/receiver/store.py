@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import zlib
+from collections.abc import Callable
 
 from dicomgw._core import scan_metadata
 from dicomgw.association.acceptor import Peer, ReceivedDataSet, Refused
@@ -68,9 +69,17 @@ def scan(head: bytes, size: int, transfer_syntax: str) -> dict[int, bytes]:
 
 class StorageService:
     def __init__(
-        self, spool: Spool, disk: DiskGuard, batcher: IndexBatcher, head_bytes: int
+        self,
+        spool: Spool,
+        disk: DiskGuard,
+        batcher: IndexBatcher,
+        head_bytes: int,
+        on_unconfirmed: Callable[[str], None],
     ) -> None:
+        """``on_unconfirmed(file)``: a file kept because its index COMMIT may or
+        may not have happened, to settle once the database answers."""
         self.head_bytes = head_bytes
+        self.on_unconfirmed = on_unconfirmed
         self.fsync = spool.fsync
         self._spool = spool
         self._disk = disk
@@ -188,6 +197,7 @@ class Store:
             if exc.maybe_committed:
                 # NOTE: the row may exist: keep the file; start-up recovery settles it.
                 log.error("index commit unconfirmed: file kept", extra={"file": str(relative)})
+                self._service.on_unconfirmed(str(relative))
             else:
                 # Not indexed and not acknowledged: the peer will send it again.
                 spool.remove_object(relative)
