@@ -245,6 +245,43 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_RUNTIME
 
 
+def cmd_storage_check(args: argparse.Namespace) -> int:
+    import time
+
+    import asyncpg
+
+    from dicomgw.db.server import database
+    from dicomgw.storage import consistency
+    from dicomgw.storage.layout import StorageLayout
+
+    config = _config(args)
+    _setup_logging(config)
+
+    async def indexed(dsn: str) -> list[tuple[str, int]]:
+        conn = await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+        try:
+            rows = await conn.fetch("SELECT file_path, size_bytes FROM instances")
+            return [(r["file_path"], r["size_bytes"]) for r in rows]
+        finally:
+            await conn.close()
+
+    # NOTE: the rows first, then the files: a file renamed into place meanwhile
+    # is younger than the settle time, not reported as unindexed.
+    started = time.time()
+    with database(config, adopt=False) as dsn:
+        rows = asyncio.run(indexed(dsn))
+    report = consistency.check(StorageLayout(config.storage_root), rows, now=started)
+    for problem in report.problems:
+        detail = f" ({problem.detail})" if problem.detail else ""
+        _out(f"{problem.kind}: {problem.file_path}{detail}")
+    kinds = {k: sum(p.kind == k for p in report.problems) for k in consistency.KINDS}
+    _out(
+        f"{report.indexed} indexed instances, {report.files} files: "
+        + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    )
+    return EXIT_RUNTIME if report.problems else 0
+
+
 def cmd_tls_install(args: argparse.Namespace) -> int:
     config = _config(args)
     _setup_logging(config)
@@ -459,6 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     add(audit_sub, "verify", cmd_audit_verify, "check the audit log's hash chain; exit 1 if broken")
+
+    storage = sub.add_parser(
+        "storage", help="stored files", description="Commands for the stored files."
+    )
+    storage_sub = storage.add_subparsers(
+        dest="storage_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    add(
+        storage_sub,
+        "check",
+        cmd_storage_check,
+        "compare the index with the files under objects/; exit 1 if they disagree",
+    )
 
     sec = sub.add_parser(
         "secrets", help="stored secrets", description="Commands for the secrets key."

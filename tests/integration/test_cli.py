@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -10,6 +14,8 @@ import yaml
 
 from dicomgw.cli import build_parser, main
 from tests.cli import cli_env, run_cli
+from tests.gateway import Gateway, running
+from tests.integration.scu import make_dataset, object_files, send
 
 COMMANDS = [
     [],
@@ -32,6 +38,8 @@ COMMANDS = [
     ["audit", "verify"],
     ["secrets"],
     ["secrets", "rotate"],
+    ["storage"],
+    ["storage", "check"],
     ["tls"],
     ["tls", "install"],
     ["tls", "install-certbot"],
@@ -198,3 +206,34 @@ def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("dicom-gw: error: cannot read the schema version")
     assert "Traceback" not in done.stderr
+
+
+def test_storage_check_finds_what_the_index_and_the_files_disagree_on(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gateway = gateway_factory()
+    with running(gateway) as gw:
+        assert send(gw.dimse_port, [make_dataset() for _ in range(4)]) == [0] * 4
+    env = gateway.env()
+    clean = run_cli("storage", "check", env=env)
+    assert clean.returncode == 0, clean.stderr
+    assert "4 indexed instances, 4 files: 0 missing, 0 wrong-size, 0 unindexed" in clean.stdout
+
+    gone, cut, kept, _ = object_files(gateway.storage)
+    gone.unlink()
+    cut.write_bytes(cut.read_bytes()[:-10])
+    orphan = kept.with_name("0" * 32 + ".dcm")
+    shutil.copy(kept, orphan)
+    young = kept.with_name("1" * 32 + ".dcm")
+    shutil.copy(kept, young)  # just renamed into place by a running receiver, say
+    hours_ago = time.time() - 7200
+    os.utime(orphan, (hours_ago, hours_ago))
+
+    found = run_cli("storage", "check", env=env)
+    assert found.returncode == 1
+    root = gateway.storage
+    assert f"missing: {gone.relative_to(root)}" in found.stdout
+    assert f"wrong-size: {cut.relative_to(root)} (" in found.stdout
+    assert f"unindexed: {orphan.relative_to(root)}" in found.stdout
+    assert str(young.relative_to(root)) not in found.stdout
+    assert "4 indexed instances, 5 files: 1 missing, 1 wrong-size, 1 unindexed" in found.stdout
