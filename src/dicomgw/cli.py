@@ -257,11 +257,13 @@ def cmd_storage_check(args: argparse.Namespace) -> int:
     config = _config(args)
     _setup_logging(config)
 
-    async def indexed(dsn: str) -> list[tuple[str, int]]:
+    async def indexed(dsn: str) -> list[consistency.Indexed]:
         conn = await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
         try:
-            rows = await conn.fetch("SELECT file_path, size_bytes FROM instances")
-            return [(r["file_path"], r["size_bytes"]) for r in rows]
+            rows = await conn.fetch(
+                "SELECT file_path, size_bytes, dataset_size, checksum FROM instances"
+            )
+            return [consistency.Indexed(*r) for r in rows]
         finally:
             await conn.close()
 
@@ -270,13 +272,16 @@ def cmd_storage_check(args: argparse.Namespace) -> int:
     started = time.time()
     with database(config, adopt=False) as dsn:
         rows = asyncio.run(indexed(dsn))
-    report = consistency.check(StorageLayout(config.storage_root), rows, now=started)
+    report = consistency.check(
+        StorageLayout(config.storage_root), rows, now=started, checksums=args.checksums
+    )
     for problem in report.problems:
         detail = f" ({problem.detail})" if problem.detail else ""
         _out(f"{problem.kind}: {problem.file_path}{detail}")
     kinds = {k: sum(p.kind == k for p in report.problems) for k in consistency.KINDS}
+    checked = f" ({report.checksummed} checksums read)" if args.checksums else ""
     _out(
-        f"{report.indexed} indexed instances, {report.files} files: "
+        f"{report.indexed} indexed instances, {report.files} files{checked}: "
         + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
     )
     return EXIT_RUNTIME if report.problems else 0
@@ -503,11 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     storage_sub = storage.add_subparsers(
         dest="storage_command", required=True, metavar="COMMAND", parser_class=_Parser
     )
-    add(
+    p = add(
         storage_sub,
         "check",
         cmd_storage_check,
         "compare the index with the files under objects/; exit 1 if they disagree",
+    )
+    p.add_argument(
+        "--checksums",
+        action="store_true",
+        help="also read every file and compare its data set's CRC-32C with the index",
     )
 
     sec = sub.add_parser(

@@ -217,7 +217,9 @@ def test_storage_check_finds_what_the_index_and_the_files_disagree_on(
     env = gateway.env()
     clean = run_cli("storage", "check", env=env)
     assert clean.returncode == 0, clean.stderr
-    assert "4 indexed instances, 4 files: 0 missing, 0 wrong-size, 0 unindexed" in clean.stdout
+    assert "4 indexed instances, 4 files: 0 missing, 0 wrong-size, 0 damaged, 0 unindexed" in (
+        clean.stdout
+    )
 
     gone, cut, kept, _ = object_files(gateway.storage)
     gone.unlink()
@@ -236,4 +238,16 @@ def test_storage_check_finds_what_the_index_and_the_files_disagree_on(
     assert f"wrong-size: {cut.relative_to(root)} (" in found.stdout
     assert f"unindexed: {orphan.relative_to(root)}" in found.stdout
     assert str(young.relative_to(root)) not in found.stdout
-    assert "4 indexed instances, 5 files: 1 missing, 1 wrong-size, 1 unindexed" in found.stdout
+    assert "4 indexed instances, 5 files: 1 missing, 1 wrong-size, 0 damaged, 1 unindexed" in (
+        found.stdout
+    )
+
+    # A byte flipped in place, the size unchanged: only the checksums see it.
+    data = bytearray(kept.read_bytes())
+    data[-1] ^= 0xFF
+    kept.write_bytes(bytes(data))
+    assert f"damaged: {kept.relative_to(root)}" not in run_cli("storage", "check", env=env).stdout
+    deep = run_cli("storage", "check", "--checksums", env=env)
+    assert deep.returncode == 1
+    assert f"damaged: {kept.relative_to(root)} (crc32c:" in deep.stdout
+    assert "(2 checksums read): 1 missing, 1 wrong-size, 1 damaged, 1 unindexed" in deep.stdout

@@ -6,13 +6,11 @@ Senders (DIMSE, STOW-RS) know nothing of the queue: the forwarder hands them
 
 from __future__ import annotations
 
-import mmap
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from dicomgw._core import crc32c
+from dicomgw.storage.part10 import dataset_crc32c
 
 OutcomeKind = Literal["delivered", "transient", "permanent"]
 
@@ -66,19 +64,11 @@ class ChecksumMismatch(Exception):
 
 
 def dataset_checksum(path: Path, dataset_size: int) -> str:
-    """``crc32c:xxxxxxxx`` of the file's last ``dataset_size`` bytes (mapped, not copied)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if dataset_size > size:
-            raise ChecksumMismatch(path, "", f"file is {size} bytes, shorter than its data set")
-        if dataset_size == 0:
-            return f"crc32c:{crc32c(b''):08x}"
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                return f"crc32c:{crc32c(view[size - dataset_size :]):08x}"
-            finally:
-                view.release()
+    """``crc32c:xxxxxxxx`` of the file's data set (:func:`dataset_crc32c`)."""
+    try:
+        return f"{CRC32C_PREFIX}{dataset_crc32c(path, dataset_size):08x}"
+    except ValueError as exc:
+        raise ChecksumMismatch(path, "", str(exc)) from None
 
 
 CRC32C_PREFIX = "crc32c:"

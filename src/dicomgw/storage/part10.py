@@ -9,11 +9,15 @@ reads a header back: it verifies what was written and what recovery finds.
 
 from __future__ import annotations
 
+import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from dicomgw import __version__
+from dicomgw._core import crc32c
 from dicomgw.errors import DicomGwError
 
 PREAMBLE_LENGTH = 128
@@ -145,3 +149,20 @@ def parse_file_meta(data: bytes) -> FileMeta:
         source_ae_title=text(0x0016) if 0x0016 in values else None,
         dataset_offset=end,
     )
+
+
+def dataset_crc32c(path: Path, dataset_size: int) -> int:
+    """CRC-32C of a stored file's last ``dataset_size`` bytes (its data set, as
+    received), mapped, not copied. ValueError if the file is shorter."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if dataset_size > size:
+            raise ValueError(f"file is {size} bytes, shorter than its data set")
+        if dataset_size == 0:
+            return crc32c(b"")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                return crc32c(view[size - dataset_size :])
+            finally:
+                view.release()
