@@ -252,8 +252,12 @@ class Route(_Section, frozen=True, kw_only=True):
 class ForwarderConfig(_Section, frozen=True):
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
     """Jobs a worker claims at once (sent over one association)."""
-    lease_s: Seconds = 300.0
-    """A claimed job not finished within this is claimable again (its worker died)."""
+    batch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 << 20
+    """Most data set bytes a worker claims at once (always at least one job)."""
+    lease_s: Annotated[float, msgspec.Meta(ge=1)] = 300.0
+    """A claimed job is held this long; its worker renews the lease every third
+    of it while it works, so only a worker that died (or lost its database for
+    this long) lets its jobs go to another."""
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     """Transient failures before a job goes to dead-letter (with the default backoff
     about two days)."""

@@ -215,6 +215,26 @@ async def test_expired_lease_is_reclaimed_and_late_finish_ignored(env: Env) -> N
     assert state == "leased"
 
 
+async def test_claims_are_sized_by_bytes_and_leases_renewed(env: Env) -> None:
+    await env.index(*(record(n, modality="MR") for n in range(5)))  # 800-byte data sets
+    dest = env.dest["pacs1"]
+    async with env.pool.acquire() as conn:
+        first = await jobs.claim(conn, dest, "w", 10, 60, max_bytes=2000)
+        assert len(first) == 3
+        # A data set larger than the budget is still claimed, alone.
+        assert len(await jobs.claim(conn, dest, "w", 10, 60, max_bytes=1)) == 1
+        ids = [j.job_id for j in first]
+        assert await jobs.renew(conn, "w", ids, 600) == set(ids)
+        soonest = await conn.fetchval(
+            "SELECT min(lease_expires_at - now()) FROM forward_jobs WHERE id = ANY($1)", ids
+        )
+        assert soonest > dt.timedelta(seconds=500)
+        # Cancelled, or held by another: no longer renewed.
+        await jobs.cancel(conn, ids[:1])
+        assert await jobs.renew(conn, "w", ids, 600) == set(ids[1:])
+        assert await jobs.renew(conn, "other", ids, 600) == set()
+
+
 async def test_operator_actions(env: Env) -> None:
     await env.index(record(1, modality="MR"), record(2, modality="MR"))
     dest = env.dest["pacs1"]

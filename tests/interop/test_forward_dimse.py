@@ -152,6 +152,41 @@ def test_one_association_for_many_stores(tmp_path: Path, peer: Peer) -> None:
     assert (peer.associations, peer.releases) == (1, 1)
 
 
+class Withdrawing:
+    """A Progress that withdraws ``withdrawn`` and notes each answer as it comes."""
+
+    def __init__(self, withdrawn: set[int], peer: Peer) -> None:
+        self.withdrawn = withdrawn
+        self.peer = peer
+        self.answers: list[tuple[int, str, int]] = []
+
+    def wanted(self, item: StoredInstance) -> bool:
+        return item.job_id not in self.withdrawn
+
+    def answered(self, item: StoredInstance, outcome: Outcome) -> None:
+        # What the peer had stored when the answer was told: one more each time.
+        self.answers.append((item.job_id, outcome.kind, len(self.peer.counts)))
+
+
+def test_progress_is_told_each_answer_and_withdrawn_items_are_not_sent(
+    tmp_path: Path, peer: Peer
+) -> None:
+    items = images(tmp_path, 5)
+    progress = Withdrawing({1, 3}, peer)
+
+    async def send() -> list[Outcome]:
+        sender = DimseSender(destination(peer.port))
+        try:
+            return await sender.send(items, progress)
+        finally:
+            await sender.close()
+
+    outcomes = run(send())
+    assert [o.kind for o in outcomes] == ["delivered", "withdrawn"] * 2 + ["delivered"]
+    assert set(peer.counts) == {items[n].sop_instance_uid for n in (0, 2, 4)}
+    assert progress.answers == [(0, "delivered", 1), (2, "delivered", 2), (4, "delivered", 3)]
+
+
 def test_reopens_only_for_new_contexts(tmp_path: Path, peer: Peer) -> None:
     """CT, then MR (not proposed before: a new association, proposing CT too), then
     CT again (the open association has it)."""

@@ -427,6 +427,44 @@ def test_forwarders_sharing_a_database_never_send_a_job_twice(
         peer.stop()
 
 
+def test_a_batch_slower_than_its_lease_is_delivered(
+    gateway_factory: Callable[..., Gateway], dcmtk: Path, tmp_path: Path
+) -> None:
+    """A peer that takes 2 s per C-STORE, leases of 5 s, two forwarders: the batch
+    takes four leases to send, yet its leases are renewed and each outcome is
+    recorded as it arrives, so every job is done, once."""
+    peer = Peer(delay_s=2.0)
+    peer.start()
+    extra: subprocess.Popen[str] | None = None
+    try:
+        gateway = gateway_factory(
+            "destinations:\n" + dimse("pacs", peer.port, max_parallel=1) + everything_to("pacs"),
+            DICOMGW_FORWARDER__LEASE_S="5",
+        )
+        gateway.start()
+        log = (gateway.state_dir / "forwarder-2.log").open("w")
+        extra = subprocess.Popen(
+            [*CLI, "forwarder"], env=gateway.env(), stdout=log, stderr=log, text=True
+        )
+        items = small_images(tmp_path, 10)
+        send(dcmtk, gateway, items)
+        assert wait_for_jobs(gateway, {"done": 10}, timeout=120) == {"done": 10}, gateway.log()
+        assert len(peer.counts) == 10
+        assert max(peer.counts.values()) <= 2, peer.counts
+        assert gateway.dsn is not None
+        with psycopg.connect(gateway.dsn) as conn:
+            row = conn.execute("SELECT max(attempts) FROM forward_jobs").fetchone()
+        assert row is not None and row[0] <= 2
+    finally:
+        if extra is not None:
+            extra.send_signal(signal.SIGTERM)
+            try:
+                extra.wait(30)
+            except subprocess.TimeoutExpired:
+                extra.kill()
+        peer.stop()
+
+
 def test_stowrs_to_orthanc_unchanged(
     gateway_factory: Callable[..., Gateway], dcmtk: Path, tmp_path: Path
 ) -> None:

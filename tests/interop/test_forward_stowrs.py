@@ -510,6 +510,27 @@ async def test_corrupted_or_missing_files_are_not_sent(tmp_path: Path) -> None:
     assert parts_of(request) == [items[0].path.read_bytes(), items[2].path.read_bytes()]
 
 
+async def test_withdrawn_items_are_left_out_and_answers_told(tmp_path: Path) -> None:
+    items = make_instances(tmp_path, 4)
+    told: list[tuple[str, str]] = []
+
+    class Progress:
+        def wanted(self, item: StoredInstance) -> bool:
+            return item is not items[2]
+
+        def answered(self, item: StoredInstance, outcome: Outcome) -> None:
+            told.append((item.sop_instance_uid, outcome.kind))
+
+    async with (
+        stub_server(replying(200, dicom_json(stored={}), **DICOM_JSON)) as stub,
+        sender_for(stub.url, instances_per_request=2) as sender,
+    ):
+        outcomes = await sender.send(items, Progress())
+    assert [o.kind for o in outcomes] == ["delivered", "delivered", "withdrawn", "delivered"]
+    assert [len(parts_of(r)) for r in stub.requests] == [2, 1]
+    assert told == [(items[n].sop_instance_uid, "delivered") for n in (0, 1, 3)]
+
+
 async def test_nothing_left_to_send_makes_no_request(tmp_path: Path) -> None:
     [item] = make_instances(tmp_path, 1)
     item.path.write_bytes(item.path.read_bytes()[:-1])

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from dicomgw.storage.part10 import dataset_crc32c
 
-OutcomeKind = Literal["delivered", "transient", "permanent"]
+OutcomeKind = Literal["delivered", "transient", "permanent", "withdrawn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,9 @@ class Outcome:
     """The result of delivering one instance.
 
     ``delivered`` (a warning status still counts, with ``warning`` set), ``transient``
-    (retry later: peer down, out of resources, HTTP 5xx/429) or ``permanent``
-    (the peer refused this instance; retrying will not help).
+    (retry later: peer down, out of resources, HTTP 5xx/429), ``permanent``
+    (the peer refused this instance; retrying will not help) or ``withdrawn``
+    (not sent: :meth:`Progress.wanted` said no; nothing was tried).
     """
 
     kind: OutcomeKind
@@ -48,6 +49,39 @@ class Outcome:
     warning: bool = False
     converted_to: str | None = None
     """The transfer syntax the data set was converted to, when it was."""
+
+
+WITHDRAWN = Outcome("withdrawn", None, "not sent: withdrawn by the forwarder")
+
+
+class Progress(Protocol):
+    """What a sender tells its caller while a batch is under way.
+
+    The forwarder records each outcome as it arrives, and withdraws items whose
+    jobs it no longer holds, so that a long batch neither outlives its lease nor
+    sends what another worker has taken over.
+    """
+
+    def wanted(self, item: StoredInstance) -> bool:
+        """Asked just before ``item`` is sent; False: do not send it (``withdrawn``)."""
+        ...
+
+    def answered(self, item: StoredInstance, outcome: Outcome) -> None:
+        """Told of each item's outcome as soon as it is known."""
+        ...
+
+
+class Unobserved:
+    """The :class:`Progress` of a caller that only wants the returned outcomes."""
+
+    def wanted(self, item: StoredInstance) -> bool:
+        return True
+
+    def answered(self, item: StoredInstance, outcome: Outcome) -> None:
+        pass
+
+
+UNOBSERVED = Unobserved()
 
 
 class ChecksumMismatch(Exception):

@@ -45,9 +45,12 @@ from dicomgw.dimse.status import (
 from dicomgw.errors import DicomGwError
 from dicomgw.forward.convert import ConversionError, conversion_targets, convert_dataset
 from dicomgw.forward.delivery import (
+    UNOBSERVED,
+    WITHDRAWN,
     ChecksumMismatch,
     Outcome,
     OutcomeKind,
+    Progress,
     StoredInstance,
     expected_crc,
     verify_checksum,
@@ -125,8 +128,11 @@ class DimseSender:
         self._tls: ssl.SSLContext | None = None
         self._tls_files: tuple[tuple[int, int] | None, ...] = ()
 
-    async def send(self, items: Sequence[StoredInstance]) -> list[Outcome]:
-        """Deliver ``items``; one :class:`Outcome` per item, in their order.
+    async def send(
+        self, items: Sequence[StoredInstance], progress: Progress = UNOBSERVED
+    ) -> list[Outcome]:
+        """Deliver ``items``; one :class:`Outcome` per item, in their order, each also
+        told to ``progress`` as its response arrives.
 
         An item whose stored data set fails its checksum is never delivered
         (permanent): sent as stored, it is checked as it goes and its last PDU held
@@ -142,7 +148,7 @@ class DimseSender:
                 self._idle_release.cancel()
                 self._idle_release = None
             try:
-                await self._deliver(pending, outcomes)
+                await self._deliver(pending, outcomes, progress)
             finally:
                 if self._requestor is not None:
                     self._idle_release = asyncio.get_running_loop().create_task(
@@ -193,10 +199,16 @@ class DimseSender:
     # -- internals -----------------------------------------------------------------------
 
     async def _deliver(
-        self, pending: list[tuple[int, StoredInstance]], outcomes: dict[int, Outcome]
+        self,
+        pending: list[tuple[int, StoredInstance]],
+        outcomes: dict[int, Outcome],
+        progress: Progress,
     ) -> None:
         items = [item for _, item in pending]
         for position, (n, item) in enumerate(pending):
+            if not progress.wanted(item):
+                outcomes[n] = WITHDRAWN
+                continue
             try:
                 requestor = await self._association_for(items, position)
                 outcomes[n] = await self._store(requestor, item)
@@ -206,9 +218,11 @@ class DimseSender:
                     "forward: association failed",
                     extra={"destination": self._name, "error": str(exc)},
                 )
-                for m, _ in pending[position:]:
+                for m, rest in pending[position:]:
                     outcomes[m] = Outcome("transient", None, f"{exc}; will retry")
+                    progress.answered(rest, outcomes[m])
                 return
+            progress.answered(item, outcomes[n])
 
     async def _association_for(self, items: list[StoredInstance], position: int) -> Requestor:
         """An association proposing what ``items[position]`` needs: the open one when

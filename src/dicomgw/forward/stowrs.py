@@ -24,7 +24,15 @@ import orjson
 from dicomgw.config import StowDestination
 from dicomgw.dimse import status
 from dicomgw.errors import ConfigError, DicomGwError
-from dicomgw.forward.delivery import ChecksumMismatch, Outcome, StoredInstance, verify_checksum
+from dicomgw.forward.delivery import (
+    UNOBSERVED,
+    WITHDRAWN,
+    ChecksumMismatch,
+    Outcome,
+    Progress,
+    StoredInstance,
+    verify_checksum,
+)
 
 CHUNK_SIZE = 1 << 20
 RESPONSE_LIMIT = 8 << 20
@@ -132,8 +140,11 @@ class StowSender:
             timeout=destination.timeout_s,
         )
 
-    async def send(self, items: Sequence[StoredInstance]) -> list[Outcome]:
-        """Deliver ``items``; one :class:`Outcome` per item, in their order.
+    async def send(
+        self, items: Sequence[StoredInstance], progress: Progress = UNOBSERVED
+    ) -> list[Outcome]:
+        """Deliver ``items``; one :class:`Outcome` per item, in their order, each also
+        told to ``progress`` once its request is answered.
 
         Items whose stored data set fails its checksum are not sent (permanent).
         The others go ``instances_per_request`` to a request, one request after
@@ -141,11 +152,19 @@ class StowSender:
         """
         # Reading whole files for their checksums would block the event loop.
         parts, outcomes = await asyncio.to_thread(_prepare, items)
+        for index, outcome in outcomes.items():
+            progress.answered(items[index], outcome)
         batches = [
             parts[i : i + self._per_request] for i in range(0, len(parts), self._per_request)
         ]
         server_failure: Outcome | None = None
-        for batch in batches:
+        for planned in batches:
+            for part in planned:
+                if not progress.wanted(part.item):
+                    outcomes[part.index] = WITHDRAWN
+            batch = [part for part in planned if part.index not in outcomes]
+            if not batch:
+                continue
             # NOTE: after a refused connection or a timeout, each further request would
             # only wait for the same failure (timeout_s each).
             result = server_failure or await self._post(batch)
@@ -154,6 +173,7 @@ class StowSender:
                 result = [result] * len(batch)
             for part, outcome in zip(batch, result, strict=True):
                 outcomes[part.index] = outcome
+                progress.answered(part.item, outcome)
         return [outcomes[index] for index in range(len(items))]
 
     async def echo(self) -> float:

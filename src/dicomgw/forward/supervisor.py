@@ -24,7 +24,7 @@ import asyncpg
 
 from dicomgw.config import Destination, DimseDestination, ForwarderConfig
 from dicomgw.db import channels
-from dicomgw.forward.delivery import Outcome, StoredInstance
+from dicomgw.forward.delivery import UNOBSERVED, Outcome, Progress, StoredInstance
 from dicomgw.forward.destinations import DestinationRow, load_destinations
 from dicomgw.forward.secrets import SecretBox
 from dicomgw.queue import jobs
@@ -39,7 +39,9 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutErr
 
 
 class Sender(Protocol):
-    async def send(self, items: Sequence[StoredInstance]) -> list[Outcome]: ...
+    async def send(
+        self, items: Sequence[StoredInstance], progress: Progress = UNOBSERVED
+    ) -> list[Outcome]: ...
     async def echo(self) -> float: ...
     async def close(self) -> None: ...
 
@@ -83,6 +85,38 @@ def _dead_owner(owner: str, host: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+class LeasedBatch:
+    """A worker's claimed jobs while they are sent (the sender's :class:`Progress`):
+    the outcomes not yet recorded, the jobs not yet finished, and those whose
+    lease was lost (they are withdrawn: another worker has them)."""
+
+    def __init__(self, claimed: Sequence[ClaimedJob]) -> None:
+        self.jobs = {job.job_id: job for job in claimed}
+        self.unfinished = set(self.jobs)
+        """Jobs whose outcome is not yet written: their leases are renewed."""
+        self.lost: set[int] = set()
+        self.unrecorded: list[tuple[ClaimedJob, Outcome]] = []
+        self.sent = False
+        """The sender has returned: every outcome is known."""
+        self.changed = asyncio.Event()
+        self._answered: set[int] = set()
+
+    def wanted(self, item: StoredInstance) -> bool:
+        return item.job_id not in self.lost
+
+    def answered(self, item: StoredInstance, outcome: Outcome) -> None:
+        # NOTE: once per job; the sender's returned list repeats what it reported.
+        if outcome.kind == "withdrawn" or item.job_id in self._answered:
+            return
+        self._answered.add(item.job_id)
+        self.unrecorded.append((self.jobs[item.job_id], outcome))
+        self.changed.set()
+
+    def done(self) -> None:
+        self.sent = True
+        self.changed.set()
 
 
 class Circuit:
@@ -196,7 +230,12 @@ class DestinationRunner:
                 try:
                     async with self._pool.acquire() as conn:
                         claimed = await jobs.claim(
-                            conn, self.id, owner, self._config.batch_size, self._config.lease_s
+                            conn,
+                            self.id,
+                            owner,
+                            self._config.batch_size,
+                            self._config.lease_s,
+                            max_bytes=self._config.batch_bytes,
                         )
                         due = None if claimed else await jobs.next_due(conn, self.id)
                 except _DB_ERRORS as exc:
@@ -212,6 +251,8 @@ class DestinationRunner:
                 await sender.close()
 
     async def _deliver(self, sender: Sender, owner: str, claimed: list[ClaimedJob]) -> None:
+        """Send a claimed batch: each outcome recorded as it arrives, the leases of
+        the jobs not yet finished renewed while the batch is under way."""
         items = [
             StoredInstance(
                 job_id=j.job_id,
@@ -225,16 +266,27 @@ class DestinationRunner:
             )
             for j in claimed
         ]
+        batch = LeasedBatch(claimed)
+        recorder = asyncio.create_task(self._record(owner, batch))
+        heartbeat = asyncio.create_task(self._heartbeat(owner, batch))
         started = time.monotonic()
         try:
-            outcomes = await sender.send(items)
+            outcomes = await sender.send(items, batch)
+        except asyncio.CancelledError:
+            recorder.cancel()
+            raise
         except Exception as exc:
             # NOTE: a sender bug must not lose jobs: they come back, and say why.
             log.exception("forward: sender failed", extra={"destination": self.name})
             outcomes = [Outcome("transient", None, f"sender error: {exc}")] * len(items)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
         self._on_sent(self.name, time.monotonic() - started)
         for item, outcome in zip(items, outcomes, strict=True):
-            if outcome.kind != "delivered":
+            batch.answered(item, outcome)
+            if outcome.kind not in ("delivered", "withdrawn"):
                 log.warning(
                     "forward: not delivered",
                     extra={
@@ -245,15 +297,60 @@ class DestinationRunner:
                         "reason": outcome.message,
                     },
                 )
-        states = await self._finish(owner, list(zip(claimed, outcomes, strict=True)))
-        self.delivered += sum(o.kind == "delivered" for o in outcomes)
-        self.delivered_bytes += sum(
-            i.dataset_size for i, o in zip(items, outcomes, strict=True) if o.kind == "delivered"
-        )
-        self.failed += sum(o.kind != "delivered" for o in outcomes)
+        batch.done()
+        states = await recorder
+        if batch.lost:
+            log.warning(
+                "forward: leases lost, the jobs were left to another worker",
+                extra={"destination": self.name, "jobs": len(batch.lost)},
+            )
+        sent = [(i, o) for i, o in zip(items, outcomes, strict=True) if o.kind != "withdrawn"]
+        if not sent:
+            return
+        self.delivered += sum(o.kind == "delivered" for _, o in sent)
+        self.delivered_bytes += sum(i.dataset_size for i, o in sent if o.kind == "delivered")
+        self.failed += sum(o.kind != "delivered" for _, o in sent)
         self.dead += sum(s == "dead" for s in states.values())
-        opened = self.circuit.record(outcomes)
-        await self._record_health(outcomes, opened)
+        opened = self.circuit.record([o for _, o in sent])
+        await self._record_health([o for _, o in sent], opened)
+
+    async def _record(self, owner: str, batch: LeasedBatch) -> dict[int, str]:
+        """Write outcomes as they arrive (those that came in during one write go in
+        the next); {job id: new state} of the jobs this worker still held."""
+        states: dict[int, str] = {}
+        while True:
+            await batch.changed.wait()
+            batch.changed.clear()
+            results, batch.unrecorded = batch.unrecorded, []
+            if results:
+                written = await self._finish(owner, results)
+                states.update(written)
+                ids = {job.job_id for job, _ in results}
+                # NOTE: a renewal racing this write may have called a job lost that
+                # this write finished; what FINISH returns is the truth.
+                batch.lost = (batch.lost | ids) - written.keys()
+                batch.unfinished -= ids
+            if batch.sent and not batch.unrecorded:
+                return states
+
+    async def _heartbeat(self, owner: str, batch: LeasedBatch) -> None:
+        """Every third of the lease: renew the leases of the jobs not yet finished;
+        those no longer held are withdrawn from the send."""
+        lease_s = self._config.lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            asked = batch.unfinished - batch.lost
+            if not asked:
+                continue
+            try:
+                async with self._pool.acquire() as conn:
+                    held = await jobs.renew(conn, owner, list(asked), lease_s)
+            except _DB_ERRORS as exc:
+                log.error("forward: cannot renew leases", extra={"error": str(exc)})
+                continue
+            # NOTE: a job finished during the renewal is no longer leased either;
+            # it is not lost, it is done.
+            batch.lost |= (asked & batch.unfinished) - held
 
     async def _finish(
         self, owner: str, results: list[tuple[ClaimedJob, Outcome]]

@@ -3,10 +3,13 @@ the operator's actions (retry, cancel, replay).
 
 A worker claims due jobs with ``FOR UPDATE SKIP LOCKED`` in one short
 transaction, marking them 'leased' until ``lease_expires_at``; it sends outside
-any transaction and records the outcomes in a second one. A worker that dies
-leaves leased rows behind; :func:`reclaim_expired` returns them to 'pending'
-once their lease has run out, so no job is forgotten and, as long as a send
-finishes within the lease, no job is sent by two workers at once.
+any transaction, :func:`renew` s its leases while it sends, and records each
+outcome with :func:`finish` as it arrives. A worker that dies leaves leased rows
+behind; :func:`reclaim_expired` returns them to 'pending' once their lease has
+run out, so no job is forgotten. A worker that could not renew in time (the
+database was away longer than the lease) finds out from :func:`renew` or
+:func:`finish` and does not send those jobs: an instance goes out twice at most
+when a lease is lost during its own send.
 """
 
 from __future__ import annotations
@@ -69,27 +72,42 @@ class RetryPolicy:
 
 CLAIM = """
 WITH c AS (
-    SELECT id FROM forward_jobs
-    WHERE destination_id = $1 AND state = 'pending' AND due_at <= now()
-    ORDER BY due_at, id
+    SELECT j.id, j.due_at, i.dataset_size
+    FROM forward_jobs j JOIN instances i ON i.id = j.instance_id
+    WHERE j.destination_id = $1 AND j.state = 'pending' AND j.due_at <= now()
+    ORDER BY j.due_at, j.id
     LIMIT $3
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF j SKIP LOCKED
+), within AS (
+    -- The oldest jobs whose data sets add up to at most $5 bytes (always the first).
+    SELECT id FROM (
+        SELECT id, sum(dataset_size) OVER (ORDER BY due_at, id) - dataset_size AS before
+        FROM c
+    ) sized
+    WHERE before < $5
 )
 UPDATE forward_jobs j
 SET state = 'leased', lease_owner = $2, lease_expires_at = now() + make_interval(secs => $4),
     attempts = j.attempts + 1, updated_at = now()
-FROM c, instances i
-WHERE j.id = c.id AND i.id = j.instance_id
+FROM within, instances i
+WHERE j.id = within.id AND i.id = j.instance_id
 RETURNING j.id, j.attempts, i.id AS instance_id, i.sop_class_uid, i.sop_instance_uid,
           i.transfer_syntax_uid, i.file_path, i.dataset_size, i.checksum, j.due_at
 """
 
 
 async def claim(
-    conn: asyncpg.Connection, destination_id: int, owner: str, limit: int, lease_s: float
+    conn: asyncpg.Connection,
+    destination_id: int,
+    owner: str,
+    limit: int,
+    lease_s: float,
+    *,
+    max_bytes: int = 1 << 62,
 ) -> list[ClaimedJob]:
-    """Up to ``limit`` due jobs of a destination, oldest first, leased to ``owner``."""
-    rows = await conn.fetch(CLAIM, destination_id, owner, limit, lease_s)
+    """Up to ``limit`` due jobs of a destination, oldest first, leased to ``owner``:
+    as many as fit in ``max_bytes`` of data sets, and at least one."""
+    rows = await conn.fetch(CLAIM, destination_id, owner, limit, lease_s, max_bytes)
     rows = sorted(rows, key=lambda r: (r["due_at"], r["id"]))
     return [
         ClaimedJob(
@@ -105,6 +123,21 @@ async def claim(
         )
         for r in rows
     ]
+
+
+async def renew(
+    conn: asyncpg.Connection, owner: str, job_ids: Sequence[int], lease_s: float
+) -> set[int]:
+    """Extend ``owner``'s leases of ``job_ids`` by ``lease_s`` from now; the jobs it
+    still held (the others expired and were taken, or were cancelled)."""
+    rows = await conn.fetch(
+        "UPDATE forward_jobs SET lease_expires_at = now() + make_interval(secs => $3) "
+        "WHERE id = ANY($2::bigint[]) AND state = 'leased' AND lease_owner = $1 RETURNING id",
+        owner,
+        list(job_ids),
+        lease_s,
+    )
+    return {r["id"] for r in rows}
 
 
 FINISH = """
