@@ -25,6 +25,7 @@ import msgspec
 import yaml
 
 from dicomgw.errors import ConfigError
+from dicomgw.ul.uids import MAX_UID_LENGTH, UID_PATTERN
 
 ENV_PREFIX = "DICOMGW_"
 # DICOMGW_* variables that are not config keys.
@@ -46,7 +47,7 @@ _AE_PATTERN = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*\Z"
 # NOTE: \Z, not $: msgspec matches with Python's re, whose $ also matches before a
 # final newline ('pacs\n' would pass).
 AETitle = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=_AE_PATTERN)]
-UID = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*\Z")]
+UID = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_UID_LENGTH, pattern=UID_PATTERN)]
 # PS3.8 D.1: the receiver must accept at least this much per P-DATA PDU.
 MaxPDU = Annotated[int, msgspec.Meta(ge=4096, le=16 * 1024 * 1024)]
 

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from dicomgw.certificates import CertificateError, info, read_certificates, watched
 from dicomgw.config import Config
+from dicomgw.ul import pdu
 
 if TYPE_CHECKING:
     from dicomgw.forward.supervisor import DestinationRunner, Forwarder
@@ -64,15 +65,13 @@ API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 
 
 def _rejection_reasons() -> dict[tuple[int, int], str]:
     """A-ASSOCIATE-RJ (source, reason) -> label (PS3.8 9.3.4 Table 9-21)."""
-    # NOTE: imported here, not at the top: API workers import this module and
-    # must not load the association layer (pynetdicom).
-    from dicomgw.association import negotiation as n
-
     return {
-        (n.SOURCE_SERVICE_USER, n.REASON_APPLICATION_CONTEXT_NOT_SUPPORTED): "application-context",
-        (n.SOURCE_SERVICE_USER, n.REASON_CALLING_AE_NOT_RECOGNIZED): "calling-ae-title",
-        (n.SOURCE_SERVICE_USER, n.REASON_CALLED_AE_NOT_RECOGNIZED): "called-ae-title",
-        (n.SOURCE_PRESENTATION, n.REASON_LOCAL_LIMIT_EXCEEDED): "association-limit",
+        (pdu.SOURCE_SERVICE_USER, pdu.REASON_APPLICATION_CONTEXT_NOT_SUPPORTED): (
+            "application-context"
+        ),
+        (pdu.SOURCE_SERVICE_USER, pdu.REASON_CALLING_AE_NOT_RECOGNIZED): "calling-ae-title",
+        (pdu.SOURCE_SERVICE_USER, pdu.REASON_CALLED_AE_NOT_RECOGNIZED): "called-ae-title",
+        (pdu.SOURCE_PRESENTATION, pdu.REASON_LOCAL_LIMIT_EXCEEDED): "association-limit",
     }
 
 

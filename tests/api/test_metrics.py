@@ -24,12 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from dicomgw.api.app import ROUTES, create_app
 from dicomgw.api.resources import metrics as metrics_resource
 from dicomgw.association.acceptor import ListenerCounters
-from dicomgw.association.negotiation import (
-    REASON_CALLED_AE_NOT_RECOGNIZED,
-    SOURCE_SERVICE_USER,
-)
 from dicomgw.config import Config
 from dicomgw.metrics import ServeMetrics
+from dicomgw.ul.pdu import REASON_CALLED_AE_NOT_RECOGNIZED, SOURCE_SERVICE_USER
 from tests.api.inprocess import api_config, logged_in, migrated
 from tests.gateway import ADMIN_PASSWORD, Gateway
 from tests.integration.scu import (

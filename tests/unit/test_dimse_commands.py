@@ -30,7 +30,6 @@ from dicomgw.dimse.commands import (
     PRIORITY_HIGH,
     PRIORITY_LOW,
     PRIORITY_MEDIUM,
-    VERIFICATION_SOP_CLASS_UID,
     Command,
     CommandError,
     decode_command,
@@ -40,6 +39,7 @@ from dicomgw.dimse.commands import (
     encode_c_store_rsp,
 )
 from dicomgw.errors import DicomGwError
+from dicomgw.ul.uids import VERIFICATION_SOP_CLASS
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 INSTANCE_UID = "1.2.826.0.1.3680043.8.498.1"
@@ -83,7 +83,7 @@ def test_golden_c_echo_rq() -> None:
         command_field=C_ECHO_RQ,
         message_id=7,
         message_id_being_responded_to=None,
-        affected_sop_class_uid=VERIFICATION_SOP_CLASS_UID,
+        affected_sop_class_uid=VERIFICATION_SOP_CLASS,
         affected_sop_instance_uid=None,
         command_data_set_type=NO_DATA_SET,
         priority=None,
@@ -117,7 +117,7 @@ def test_golden_c_store_rsp_with_error_comment() -> None:
 def test_golden_bytes_match_pynetdicom() -> None:
     echo = dimse_primitives.C_ECHO()
     echo.MessageID = 7
-    echo.AffectedSOPClassUID = VERIFICATION_SOP_CLASS_UID
+    echo.AffectedSOPClassUID = VERIFICATION_SOP_CLASS
     assert _pynetdicom_command_set(dimse_messages.C_ECHO_RQ(), echo) == C_ECHO_RQ_BYTES
     store = dimse_primitives.C_STORE()
     store.MessageIDBeingRespondedTo = 1
@@ -170,11 +170,11 @@ def test_decode_pynetdicom_c_store_rq(priority: int, move: tuple[str, int] | Non
 def test_decode_pynetdicom_c_echo_rq() -> None:
     primitive = dimse_primitives.C_ECHO()
     primitive.MessageID = 1
-    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS_UID
+    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS
     command = decode_command(_pynetdicom_command_set(dimse_messages.C_ECHO_RQ(), primitive))
     assert command.command_field == C_ECHO_RQ
     assert command.message_id == 1
-    assert command.affected_sop_class_uid == VERIFICATION_SOP_CLASS_UID
+    assert command.affected_sop_class_uid == VERIFICATION_SOP_CLASS
     assert command.command_data_set_type == NO_DATA_SET
     assert not command.has_data_set
 
@@ -202,7 +202,7 @@ def test_decode_pynetdicom_c_store_rsp(code: int, comment: str | None) -> None:
 def test_decode_pynetdicom_c_echo_rsp() -> None:
     primitive = dimse_primitives.C_ECHO()
     primitive.MessageIDBeingRespondedTo = 3
-    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS_UID
+    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS
     primitive.Status = status.SUCCESS
     command = decode_command(_pynetdicom_command_set(dimse_messages.C_ECHO_RSP(), primitive))
     assert (command.command_field, command.message_id_being_responded_to) == (C_ECHO_RSP, 3)
@@ -280,7 +280,7 @@ def test_c_echo_rq_read_by_pydicom() -> None:
     _check_layout(data)
     ds = _read(data)
     assert ds.CommandGroupLength == len(data) - 12
-    assert ds.AffectedSOPClassUID == VERIFICATION_SOP_CLASS_UID
+    assert ds.AffectedSOPClassUID == VERIFICATION_SOP_CLASS
     assert ds.CommandField == C_ECHO_RQ
     assert ds.MessageID == 65535
     assert ds.CommandDataSetType == NO_DATA_SET
@@ -293,7 +293,7 @@ def test_c_echo_rsp_read_by_pydicom(code: int) -> None:
     _check_layout(data)
     ds = _read(data)
     assert ds.CommandGroupLength == len(data) - 12
-    assert ds.AffectedSOPClassUID == VERIFICATION_SOP_CLASS_UID
+    assert ds.AffectedSOPClassUID == VERIFICATION_SOP_CLASS
     assert ds.CommandField == C_ECHO_RSP
     assert ds.MessageIDBeingRespondedTo == 42
     assert ds.CommandDataSetType == NO_DATA_SET
@@ -301,7 +301,7 @@ def test_c_echo_rsp_read_by_pydicom(code: int) -> None:
     assert len(ds) == 6
     primitive = dimse_primitives.C_ECHO()
     primitive.MessageIDBeingRespondedTo = 42
-    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS_UID
+    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS
     primitive.Status = code
     assert _pynetdicom_command_set(dimse_messages.C_ECHO_RSP(), primitive) == data
     assert "AffectedSOPClassUID" not in _read(encode_c_echo_rsp(42, code, None))

@@ -22,7 +22,6 @@ import itertools
 import logging
 import socket
 import ssl
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,41 +49,30 @@ from dicomgw.dimse.commands import (
     encode_c_store_rsp,
 )
 from dicomgw.dimse.status import SUCCESS
-from dicomgw.errors import (
+from dicomgw.errors import PDUError
+from dicomgw.log import context_id
+from dicomgw.ul.pdu import (
+    A_ABORT,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RP_PDU,
+    A_RELEASE_RQ,
     ABORT_REASON_NOT_SPECIFIED,
+    ABORT_SOURCE_PROVIDER,
     ABORT_UNEXPECTED_PDU,
     ABORT_UNRECOGNIZED_PDU_PARAMETER,
-    PDUError,
+    PDATA_MARGIN,
+    a_abort,
+    p_data_command,
 )
-from dicomgw.log import context_id
 
 log = logging.getLogger(__name__)
 
-A_ASSOCIATE_RQ = 0x01
-A_RELEASE_RQ = 0x05
-A_ABORT = 0x07
 RECV_BUFFER_SIZE = 256 * 1024
-# PS3.8 9.3.8 Table 9-26: source 2 = service-provider initiated abort.
-ABORT_SOURCE_PROVIDER = 2
-A_RELEASE_RP = bytes.fromhex("06 00 00000004 00000000")
-# Room for the PDU and PDV headers on top of the negotiated maximum.
-PDATA_MARGIN = 64
 # What a DICOM TLS connection may send before its handshake is taken over: a
 # ClientHello (< 16 KiB), or the first records after it.
 TLS_EARLY_BUFFER = 65_536
 
 _ids = itertools.count(1)
-
-
-def a_abort(source: int, reason: int) -> bytes:
-    """PS3.8 9.3.8: type 07, reserved, length 4, two reserved bytes, source, reason."""
-    return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
-
-
-def p_data_command(context_id: int, command: bytes) -> bytes:
-    """One P-DATA-TF with one PDV: the whole command set, last fragment (PS3.8 9.3.5)."""
-    item_length = len(command) + 2
-    return struct.pack(">BBIIBB", 0x04, 0, item_length + 4, item_length, context_id, 0x03) + command
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +389,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             self._release_requested = True
             return
         log.info("association released")
-        self._send_last(A_RELEASE_RP)
+        self._send_last(A_RELEASE_RP_PDU)
 
     # -- DIMSE messages (PS3.7) ------------------------------------------------------
 
@@ -502,7 +490,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._counters.on_store_answered(time.monotonic() - started, status)
         if self._release_requested and not self._inflight:
             log.info("association released")
-            self._send_last(A_RELEASE_RP)
+            self._send_last(A_RELEASE_RP_PDU)
 
     # -- timers and closing -----------------------------------------------------------
 

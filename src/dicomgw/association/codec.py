@@ -6,7 +6,6 @@ Pure functions over bytes; the A-ASSOCIATE item codecs are pynetdicom's.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,50 +18,25 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from dicomgw.association.errors import ABORT_SOURCE_PROVIDER, PeerProtocolError
-from dicomgw.association.negotiation import APPLICATION_CONTEXT_NAME, peer_user_information
-from dicomgw.errors import ABORT_INVALID_PDU_PARAMETER_VALUE
-from dicomgw.storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
-# PS3.8 9.3.1: PDU types.
-A_ASSOCIATE_AC_TYPE = 0x02
-A_ASSOCIATE_RJ_TYPE = 0x03
-P_DATA_TF = 0x04
-A_RELEASE_RQ_TYPE = 0x05
-A_RELEASE_RP_TYPE = 0x06
-A_ABORT_TYPE = 0x07
-PDU_NAMES = {
-    0x01: "A-ASSOCIATE-RQ",
-    0x02: "A-ASSOCIATE-AC",
-    0x03: "A-ASSOCIATE-RJ",
-    0x04: "P-DATA-TF",
-    0x05: "A-RELEASE-RQ",
-    0x06: "A-RELEASE-RP",
-    0x07: "A-ABORT",
-}
-# PS3.8 9.3.6/9.3.7: type, reserved, PDU-length 4, four reserved bytes.
-A_RELEASE_RQ = bytes.fromhex("05 00 00000004 00000000")
-A_RELEASE_RP = bytes.fromhex("06 00 00000004 00000000")
-# PS3.8 9.3.5, E.2: message control header bits.
-MCH_COMMAND = 0x01
-MCH_LAST = 0x02
-# PS3.8 9.3.3.2 Table 9-18: presentation context result/reason.
-CONTEXT_ACCEPTED = 0
-CONTEXT_RESULTS = {
-    0: "acceptance",
-    1: "user-rejection",
-    2: "no-reason (provider rejection)",
-    3: "abstract-syntax-not-supported (provider rejection)",
-    4: "transfer-syntaxes-not-supported (provider rejection)",
-}
-# Presentation context IDs are odd, 1-255 (PS3.8 9.3.2.2).
-MAX_CONTEXTS = 128
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-
-# PS3.8 9.3.5 Tables 9-22, 9-23: a P-DATA-TF of one PDV, up to its fragment: PDU-type,
-# reserved, PDU-length, then PDV item-length, presentation-context-ID and the
-# message control header (E.2).
-PDATA_HEADERS = struct.Struct(">BBIIBB")
+from dicomgw.association.errors import PeerProtocolError
+from dicomgw.association.negotiation import peer_user_information
+from dicomgw.ul.pdu import (
+    ABORT_INVALID_PDU_PARAMETER_VALUE,
+    ABORT_SOURCE_PROVIDER,
+    CONTEXT_ACCEPTED,
+    CONTEXT_RESULTS,
+    MAX_CONTEXTS,
+    MCH_COMMAND,
+    MCH_LAST,
+    P_DATA_TF,
+    PDATA_HEADERS,
+    p_data_headers,
+)
+from dicomgw.ul.uids import (
+    APPLICATION_CONTEXT_NAME,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +146,6 @@ def decode_associate_ac(pdu: bytes, proposed: Sequence[tuple[int, str, str]]) ->
     )
 
 
-def a_abort(source: int, reason: int) -> bytes:
-    """PS3.8 9.3.8: type 07, reserved, length 4, two reserved bytes, source, reason."""
-    return struct.pack(">BBIBBBB", A_ABORT_TYPE, 0, 4, 0, 0, source, reason)
-
-
 def command_pdus(context_id: int, command: bytes, max_pdu_length: int) -> bytes:
     """A command set as P-DATA-TF PDUs of one PDV each (PS3.8 9.3.5, E.2: MCH 01H,
     03H on the last fragment); one PDU unless the peer's maximum is tiny."""
@@ -185,10 +154,7 @@ def command_pdus(context_id: int, command: bytes, max_pdu_length: int) -> bytes:
     for start in range(0, len(command), step):
         fragment = command[start : start + step]
         mch = MCH_COMMAND | (MCH_LAST if start + step >= len(command) else 0)
-        head = PDATA_HEADERS.pack(
-            P_DATA_TF, 0, len(fragment) + 6, len(fragment) + 2, context_id, mch
-        )
-        parts.append(head + fragment)
+        parts.append(p_data_headers(context_id, mch, len(fragment)) + fragment)
     return b"".join(parts)
 
 

@@ -6,38 +6,16 @@ association. ``transient`` says whether trying again later may succeed.
 
 from __future__ import annotations
 
-from dicomgw.association.negotiation import RESULT_TRANSIENT
-from dicomgw.errors import ABORT_REASON_NOT_SPECIFIED, DicomGwError
-
-# PS3.8 9.3.8 Table 9-26: A-ABORT source.
-ABORT_SOURCE_USER = 0
-ABORT_SOURCE_PROVIDER = 2
-
-# PS3.8 9.3.4 Table 9-21: A-ASSOCIATE-RJ result, source and reason/diag.
-_RJ_SOURCES = {
-    1: "DICOM UL service-user",
-    2: "DICOM UL service-provider (ACSE related function)",
-    3: "DICOM UL service-provider (presentation related function)",
-}
-_RJ_REASONS = {
-    (1, 1): "no-reason-given",
-    (1, 2): "application-context-name-not-supported",
-    (1, 3): "calling-AE-title-not-recognized",
-    (1, 7): "called-AE-title-not-recognized",
-    (2, 1): "no-reason-given",
-    (2, 2): "protocol-version-not-supported",
-    (3, 1): "temporary-congestion",
-    (3, 2): "local-limit-exceeded",
-}
-# PS3.8 9.3.8 Table 9-26: A-ABORT reason/diag (meaningful for source 2 only).
-_ABORT_REASONS = {
-    0: "reason-not-specified",
-    1: "unrecognized-PDU",
-    2: "unexpected-PDU",
-    4: "unrecognized-PDU-parameter",
-    5: "unexpected-PDU-parameter",
-    6: "invalid-PDU-parameter-value",
-}
+from dicomgw.errors import DicomGwError
+from dicomgw.ul.pdu import (
+    ABORT_REASON_NOT_SPECIFIED,
+    ABORT_REASONS,
+    ABORT_SOURCE_PROVIDER,
+    ABORT_SOURCE_USER,
+    RESULT_TRANSIENT,
+    RJ_REASONS,
+    RJ_SOURCES,
+)
 
 
 class AssociationError(DicomGwError):
@@ -101,8 +79,8 @@ class AssociationRejected(AssociationError):
         self.reason = reason
         self.transient = result == RESULT_TRANSIENT
         kind = "transient" if self.transient else "permanent"
-        why = _RJ_REASONS.get((source, reason), f"reason {reason}")
-        who = _RJ_SOURCES.get(source, f"source {source}")
+        why = RJ_REASONS.get((source, reason), f"reason {reason}")
+        who = RJ_SOURCES.get(source, f"source {source}")
         super().__init__(
             f"the peer rejected the association ({kind}): {why}, from the {who} "
             f"(A-ASSOCIATE-RJ result {result}, source {source}, reason {reason})"
@@ -116,7 +94,7 @@ class AssociationAborted(AssociationError):
         self.source = source
         self.reason = reason
         who = "service-user" if source == ABORT_SOURCE_USER else "service-provider"
-        why = _ABORT_REASONS.get(reason, f"reason {reason}")
+        why = ABORT_REASONS.get(reason, f"reason {reason}")
         detail = f", {why}" if source == ABORT_SOURCE_PROVIDER else ""
         super().__init__(
             f"the peer aborted the association while {during} (A-ABORT from the {who}{detail})"

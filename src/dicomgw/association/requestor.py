@@ -36,29 +36,13 @@ from collections.abc import Iterator, Sequence
 
 from dicomgw._core import ChecksumMismatch, PDUFramer
 from dicomgw.association.codec import (
-    A_ABORT_TYPE,
-    A_ASSOCIATE_AC_TYPE,
-    A_ASSOCIATE_RJ_TYPE,
-    A_RELEASE_RP,
-    A_RELEASE_RP_TYPE,
-    A_RELEASE_RQ,
-    A_RELEASE_RQ_TYPE,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    MAX_CONTEXTS,
-    MCH_COMMAND,
-    MCH_LAST,
-    P_DATA_TF,
-    PDU_NAMES,
     Negotiated,
-    a_abort,
     command_pdus,
     decode_associate_ac,
     encode_associate_rq,
     proposal,
 )
 from dicomgw.association.errors import (
-    ABORT_SOURCE_PROVIDER,
-    ABORT_SOURCE_USER,
     AssociationAborted,
     AssociationError,
     AssociationLost,
@@ -68,7 +52,6 @@ from dicomgw.association.errors import (
     TLSConfigError,
     TLSFailed,
 )
-from dicomgw.association.negotiation import VERIFICATION_SOP_CLASS
 from dicomgw.association.tls import TLSTransport
 from dicomgw.association.transport import PlainTransport, Transport, connect
 from dicomgw.dimse.commands import (
@@ -80,17 +63,31 @@ from dicomgw.dimse.commands import (
     encode_c_echo_rq,
     encode_c_store_rq,
 )
-from dicomgw.errors import (
+from dicomgw.errors import PDUError
+from dicomgw.ul.pdu import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_RELEASE_RP,
+    A_RELEASE_RP_PDU,
+    A_RELEASE_RQ,
+    A_RELEASE_RQ_PDU,
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_REASON_NOT_SPECIFIED,
+    ABORT_SOURCE_PROVIDER,
+    ABORT_SOURCE_USER,
     ABORT_UNEXPECTED_PDU,
-    PDUError,
+    MCH_COMMAND,
+    MCH_LAST,
+    P_DATA_TF,
+    PDATA_MARGIN,
+    PDU_NAMES,
+    a_abort,
 )
+from dicomgw.ul.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION_SOP_CLASS
 
 # NOTE: the requestor's API; the errors and codec parts live in their own modules.
 __all__ = [
-    "IMPLICIT_VR_LITTLE_ENDIAN",
-    "MAX_CONTEXTS",
     "AssociationAborted",
     "AssociationError",
     "AssociationLost",
@@ -111,8 +108,6 @@ log = logging.getLogger(__name__)
 # then send PDUs of this size: large enough that per-PDU costs vanish, small
 # enough for receivers that hold a whole PDU in memory.
 PDU_LENGTH_IF_UNLIMITED = 262_144
-# Room for the PDU and PDV headers on top of our announced maximum (as the acceptor).
-PDATA_MARGIN = 64
 RECV_BUFFER_SIZE = 65_536
 # A response command set is a few hundred bytes; anything near this is an attack.
 MAX_COMMAND_LENGTH = 65_536
@@ -219,10 +214,10 @@ class Requestor:
     async def _await_associate_reply(self) -> None:
         pdu = await self._next_pdu("awaiting A-ASSOCIATE-AC")
         pdu_type = pdu[0]
-        if pdu_type == A_ASSOCIATE_RJ_TYPE:
+        if pdu_type == A_ASSOCIATE_RJ:
             # PS3.8 9.3.4: result, source and reason/diag at offsets 7, 8 and 9.
             raise AssociationRejected(pdu[7], pdu[8], pdu[9])
-        if pdu_type != A_ASSOCIATE_AC_TYPE:
+        if pdu_type != A_ASSOCIATE_AC:
             raise self._unexpected(pdu, "awaiting A-ASSOCIATE-AC")
         negotiated = decode_associate_ac(pdu, self._proposed)
         if 0 < negotiated.peer_max_pdu <= 6:
@@ -320,16 +315,16 @@ class Requestor:
             return
         with self._operation("releasing the association"):
             self._state = "Sta7"
-            await self._send_bytes(A_RELEASE_RQ)
+            await self._send_bytes(A_RELEASE_RQ_PDU)
             while True:
                 pdu = await self._next_pdu("awaiting A-RELEASE-RP")
-                if pdu[0] == A_RELEASE_RP_TYPE:
+                if pdu[0] == A_RELEASE_RP:
                     break
-                if pdu[0] != A_RELEASE_RQ_TYPE:
+                if pdu[0] != A_RELEASE_RQ:
                     raise self._unexpected(pdu, "awaiting A-RELEASE-RP")
                 # Release collision (PS3.8 Sta9 -> Sta11): the requestor answers
                 # first, then still awaits the peer's A-RELEASE-RP.
-                await self._send_bytes(A_RELEASE_RP)
+                await self._send_bytes(A_RELEASE_RP_PDU)
         log.info("association released", extra={"peer": self.peer})
         self._close()
 
@@ -360,9 +355,9 @@ class Requestor:
             with contextlib.suppress(PDUError):
                 pdus = self._framer.feed(self._view[:received])
         # Unsolicited bytes (or EOF) in Sta6 with nothing outstanding end the association.
-        if any(pdu[0] == A_RELEASE_RQ_TYPE for pdu in pdus):
+        if any(pdu[0] == A_RELEASE_RQ for pdu in pdus):
             with contextlib.suppress(OSError):
-                self._transport.send_now(A_RELEASE_RP)
+                self._transport.send_now(A_RELEASE_RP_PDU)
             self._close()
         else:
             self._abort(ABORT_SOURCE_USER, ABORT_REASON_NOT_SPECIFIED)
@@ -509,7 +504,7 @@ class Requestor:
         return last
 
     def _unexpected(self, pdu: bytes, waiting_for: str) -> AssociationError:
-        if pdu[0] == A_ABORT_TYPE:
+        if pdu[0] == A_ABORT:
             # PS3.8 9.3.8: source and reason/diag at offsets 8 and 9.
             return AssociationAborted(pdu[8], pdu[9], waiting_for)
         name = PDU_NAMES.get(pdu[0], f"PDU type 0x{pdu[0]:02X}")
@@ -539,7 +534,7 @@ class Requestor:
         except (OSError, PDUError):
             pass
         for pdu in self._pdus:
-            if pdu[0] == A_ABORT_TYPE:
+            if pdu[0] == A_ABORT:
                 return AssociationAborted(pdu[8], pdu[9], during)
         return None
 

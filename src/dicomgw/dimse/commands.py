@@ -13,7 +13,6 @@ does not use (retired ones, N-service ones) are skipped.
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -25,6 +24,7 @@ from dicomgw.dimse.status import (
     SUCCESS,
 )
 from dicomgw.errors import DicomGwError
+from dicomgw.ul.uids import VERIFICATION_SOP_CLASS, is_valid_uid
 
 # -- PS3.7 E.1 Table E.1-1: Command Field values --------------------------------
 C_STORE_RQ: Final = 0x0001
@@ -49,7 +49,6 @@ PRIORITY_MEDIUM: Final = 0x0000
 PRIORITY_HIGH: Final = 0x0001
 PRIORITY_LOW: Final = 0x0002
 
-VERIFICATION_SOP_CLASS_UID: Final = "1.2.840.10008.1.1"
 MAX_ERROR_COMMENT: Final = 64  # LO, PS3.5 6.2
 
 # Element numbers in group 0000 (PS3.7 E.1 Table E.1-1).
@@ -71,9 +70,6 @@ _UL_ELEMENT = struct.Struct("<HHII")
 _US_ELEMENT = struct.Struct("<HHIH")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
-# PS3.5 9.1: digits and dots, no empty component, at most 64 characters.
-_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_MAX_UID = 64
 _MAX_AE = 16
 # LO (PS3.5 6.2): default repertoire, no backslash, no control characters.
 _LO_UNSAFE = str.maketrans({chr(c): " " for c in (*range(32), 0x5C, 0x7F)})
@@ -242,7 +238,7 @@ def decode_command(data: bytes) -> Command:
 def _uid(text: str, element: int, name: str, values: list[int | str | None]) -> str | None:
     if not text:
         return None
-    if len(text) > _MAX_UID or _UID.fullmatch(text) is None:
+    if not is_valid_uid(text):
         # PS3.7 C.5: the class is not one we support; the instance is invalid.
         status = (
             SOP_CLASS_NOT_SUPPORTED
@@ -271,7 +267,7 @@ def _error(
 def encode_c_echo_rq(message_id: int) -> bytes:
     """C-ECHO-RQ, PS3.7 9.3.5.1 Table 9.3-12."""
     return _command_set(
-        _ui(_AFFECTED_SOP_CLASS_UID, VERIFICATION_SOP_CLASS_UID),
+        _ui(_AFFECTED_SOP_CLASS_UID, VERIFICATION_SOP_CLASS),
         _us(_COMMAND_FIELD, C_ECHO_RQ),
         _us(_MESSAGE_ID, message_id),
         _us(_COMMAND_DATA_SET_TYPE, NO_DATA_SET),
@@ -281,7 +277,7 @@ def encode_c_echo_rq(message_id: int) -> bytes:
 def encode_c_echo_rsp(
     message_id_being_responded_to: int,
     status: int,
-    affected_sop_class_uid: str | None = VERIFICATION_SOP_CLASS_UID,
+    affected_sop_class_uid: str | None = VERIFICATION_SOP_CLASS,
 ) -> bytes:
     """C-ECHO-RSP, PS3.7 9.3.5.2 Table 9.3-13 (the SOP class UID is optional there)."""
     return _command_set(
@@ -372,7 +368,7 @@ def _us(element: int, value: int) -> bytes:
 
 def _ui(element: int, uid: str) -> bytes:
     """UI, padded to even length with NUL (PS3.5 6.2, 9.1)."""
-    if len(uid) > _MAX_UID or _UID.fullmatch(uid) is None:
+    if not is_valid_uid(uid):
         raise ValueError(f"(0000,{element:04X}) {uid!r} is not a UID")
     return _text(element, uid.encode("ascii"), b"\0")
 

@@ -26,10 +26,7 @@ import time
 from collections.abc import Sequence
 
 from dicomgw._core import ChecksumMismatch as DataSetChecksumMismatch
-from dicomgw.association.negotiation import VERIFICATION_SOP_CLASS
 from dicomgw.association.requestor import (
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    MAX_CONTEXTS,
     AssociationError,
     Requestor,
     TLSFailed,
@@ -55,10 +52,15 @@ from dicomgw.forward.delivery import (
     expected_crc,
     verify_checksum,
 )
+from dicomgw.ul.pdu import MAX_CONTEXTS
+from dicomgw.ul.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    VERIFICATION_SOP_CLASS,
+)
 
 log = logging.getLogger(__name__)
 
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DEFAULT_FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 VERIFICATION_PAIR = (VERIFICATION_SOP_CLASS, IMPLICIT_VR_LITTLE_ENDIAN)
 

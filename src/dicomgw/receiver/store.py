@@ -30,8 +30,9 @@ from dicomgw.index import records as tags
 from dicomgw.index.batcher import IndexBatcher, IndexUnavailable
 from dicomgw.index.records import Attributes, InstanceRecord, Provenance, build_record
 from dicomgw.storage.disk import DiskGuard
-from dicomgw.storage.part10 import InvalidPart10, build_header, is_valid_uid, parse_file_meta
+from dicomgw.storage.part10 import InvalidPart10, build_header, parse_file_meta
 from dicomgw.storage.spool import Incoming, Spool
+from dicomgw.ul.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 

@@ -11,29 +11,17 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomgw import __version__
 from dicomgw._core import crc32c
 from dicomgw.errors import DicomGwError
+from dicomgw.ul.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, is_valid_uid
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
-# A UUID-derived root (PS3.5 B.2): dicom-gw has no registered org root.
-IMPLEMENTATION_CLASS_UID = "2.25.77447153900371933468574362367643588710"
-IMPLEMENTATION_VERSION_NAME = f"DICOMGW_{__version__}"[:16]
 FILE_META_VERSION = b"\x00\x01"
-
-# PS3.5 9.1: UIDs are 1-64 characters of digits and dots, components without
-# leading zeros. Anything else (a '/' or '..') never reaches a file or a path.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-def is_valid_uid(uid: str) -> bool:
-    return 0 < len(uid) <= 64 and _UID.match(uid) is not None
 
 
 class InvalidPart10(DicomGwError):
