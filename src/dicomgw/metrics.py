@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from dicomgw.certificates import CertificateError, info, read_certificates, watched
 from dicomgw.config import Config
+from dicomgw.dimse.commands import C_STORE_RQ
 from dicomgw.ul import pdu
 
 if TYPE_CHECKING:
@@ -193,9 +194,12 @@ class ServeMetrics:
             weakref.WeakKeyDictionary()
         )
 
-    def observe_store(self, seconds: float, status: int) -> None:
-        """Once per C-STORE answered: the refusals of malformed requests, which
-        the storage service never sees, are failures too."""
+    def observe_answered(self, command_field: int, seconds: float, status: int) -> None:
+        """Once per DIMSE request answered; C-STOREs are timed and their failures
+        counted (the refusals of malformed requests, which never reach ingest,
+        too)."""
+        if command_field != C_STORE_RQ:
+            return
         if status == 0:
             self.store_duration.labels("success").observe(seconds)
             return
@@ -223,7 +227,7 @@ class ServeMetrics:
                 self._update_runner(runner)
 
     def _update_receiver(self, receiver: Receiver) -> None:
-        seen, counters, service = self._seen, receiver.counters, receiver.service
+        seen, counters, service = self._seen, receiver.counters, receiver.ingest
         self.associations_active.set(receiver.limits.active)
         _advance(seen, "admitted", self.associations, counters.admitted)
         for (source, reason), n in list(counters.rejected.items()):

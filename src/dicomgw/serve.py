@@ -175,7 +175,7 @@ async def _serve(
     receiver = Receiver(
         config,
         pool,
-        on_store_answered=metrics.observe_store,
+        on_answered=metrics.observe_answered,
         on_index_batch=metrics.observe_index_batch,
     )
     forwarder = await start_forwarder(config, pool, on_sent=metrics.observe_send)
@@ -227,7 +227,7 @@ async def _receive_only(config: Config, embedded: EmbeddedPostgres | None) -> No
     receiver = Receiver(
         config,
         pool,
-        on_store_answered=metrics.observe_store,
+        on_answered=metrics.observe_answered,
         on_index_batch=metrics.observe_index_batch,
     )
     try:

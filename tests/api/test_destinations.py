@@ -7,7 +7,6 @@ The helpers at the top are shared with test_rules.py and test_queue.py.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +26,7 @@ from dicomgw.forward.secrets import SecretBox
 from tests.api.inprocess import Api, api_config, logged_in, migrated
 from tests.interop.corpus import running_sink
 from tests.records import indexing, record
+from tests.support.wait import eventually
 
 # -- shared with test_rules.py and test_queue.py ------------------------------------
 
@@ -101,14 +101,6 @@ async def listening(dsn: str, channel: str) -> AsyncIterator[list[str]]:
         yield heard
     finally:
         await conn.close()
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    for _ in range(100):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not within 2 s")
 
 
 # -- CRUD ---------------------------------------------------------------------------

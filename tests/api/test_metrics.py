@@ -25,20 +25,22 @@ from dicomgw.api.app import ROUTES, create_app
 from dicomgw.api.resources import metrics as metrics_resource
 from dicomgw.association.acceptor import ListenerCounters
 from dicomgw.config import Config
+from dicomgw.dimse.commands import C_ECHO_RQ, C_STORE_RQ
 from dicomgw.metrics import ServeMetrics
 from dicomgw.ul.pdu import REASON_CALLED_AE_NOT_RECOGNIZED, SOURCE_SERVICE_USER
 from tests.api.inprocess import api_config, logged_in, migrated
 from tests.gateway import ADMIN_PASSWORD, Gateway
-from tests.integration.scu import (
-    MCH_DATASET_LAST,
-    encode_dataset,
-    make_dataset,
-    raw_association,
-    store_status,
-)
-from tests.integration.test_acceptor import RJ_CALLED_AE, associate_rq, exchange
-from tests.integration.test_receiver_failures import p_command, pdv
+from tests.integration.scu import encode_dataset, make_dataset, raw_association, store_status
 from tests.interop.corpus import Peer, send_with_pynetdicom, small_images
+from tests.support.pdus import (
+    MCH_DATASET_LAST,
+    RJ_CALLED_AE,
+    associate_rq,
+    c_store_command,
+    p_data,
+    pdv,
+)
+from tests.support.peer import exchange
 
 TOKEN = "metrics-token-for-tests"
 SESSION_ROUTE = "/api/v1/me/sessions/{session_id:id}"
@@ -199,7 +201,7 @@ class FakeDisk:
 class FakeReceiver:
     counters: ListenerCounters = field(default_factory=ListenerCounters)
     limits: Any = field(default_factory=lambda: SimpleNamespace(active=0))
-    service: Any = field(default_factory=lambda: SimpleNamespace(stored=0, duplicates=0))
+    ingest: Any = field(default_factory=lambda: SimpleNamespace(stored=0, duplicates=0))
     disk: FakeDisk = field(default_factory=FakeDisk)
 
 
@@ -224,7 +226,7 @@ def test_update_copies_running_totals_once() -> None:
     receiver.counters.rejected[SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED] = 2
     receiver.counters.rejected[9, 9] = 1
     receiver.counters.closed_bytes_in, receiver.counters.closed_dataset_bytes_in = 1000, 800
-    receiver.service.stored, receiver.service.duplicates = 4, 1
+    receiver.ingest.stored, receiver.ingest.duplicates = 4, 1
     receiver.disk.free_bytes, receiver.disk.used_percent = 12345, 42.0
     first = FakeRunner("pacs", delivered=4, delivered_bytes=4000, failed=2, dead=1)
     forwarder.runners[1] = first
@@ -248,7 +250,7 @@ def test_update_copies_running_totals_once() -> None:
     assert sample("dicomgw_forward_failures_total", destination="pacs") == 2
     assert sample("dicomgw_forward_dead_letter_total", destination="pacs") == 1
 
-    receiver.service.stored = 10
+    receiver.ingest.stored = 10
     receiver.disk.refusing = True
     first.delivered = 5
     update()
@@ -264,9 +266,10 @@ def test_update_copies_running_totals_once() -> None:
 def test_latencies_are_observed_at_the_event() -> None:
     registry = CollectorRegistry()
     metrics = ServeMetrics(registry)
-    metrics.observe_store(0.003, 0)
-    metrics.observe_store(0.2, 0xA700)
-    metrics.observe_store(0.1, 0xA700)
+    metrics.observe_answered(C_STORE_RQ, 0.003, 0)
+    metrics.observe_answered(C_STORE_RQ, 0.2, 0xA700)
+    metrics.observe_answered(C_STORE_RQ, 0.1, 0xA700)
+    metrics.observe_answered(C_ECHO_RQ, 0.001, 0)  # not a C-STORE: not in its histogram
     metrics.observe_send("pacs", 0.05)
     store = "dicomgw_cstore_duration_seconds_count"
     assert registry.get_sample_value(store, {"outcome": "success"}) == 1
@@ -334,7 +337,7 @@ def scrape_until(
 
 
 def rejected_association(gateway: Gateway) -> None:
-    assert exchange(gateway, associate_rq(called="NOT-THE-GATEWAY")) == RJ_CALLED_AE
+    assert exchange(gateway.dimse_port, associate_rq(called="NOT-THE-GATEWAY")) == RJ_CALLED_AE
 
 
 def refused_store(gateway: Gateway) -> tuple[set[str], int]:
@@ -343,8 +346,8 @@ def refused_store(gateway: Gateway) -> tuple[set[str], int]:
     announced, sent = make_dataset(), make_dataset()
     data = encode_dataset(sent)
     with raw_association(gateway.dimse_port) as raw:
-        raw.send(p_command(announced.SOPInstanceUID))
-        raw.send(pdv(MCH_DATASET_LAST, data))
+        raw.send(c_store_command(announced.SOPInstanceUID))
+        raw.send(p_data(pdv(1, MCH_DATASET_LAST, data)))
         assert store_status(raw.read_pdu()) == 0xA900
     uids = {announced.SOPInstanceUID, sent.SOPInstanceUID, sent.StudyInstanceUID}
     return uids | {sent.SeriesInstanceUID}, len(data)

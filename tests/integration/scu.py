@@ -8,7 +8,6 @@ import contextlib
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +24,14 @@ from pynetdicom.presentation import build_context
 from dicomgw._core import crc32c
 from dicomgw.dimse.commands import decode_command
 from dicomgw.storage.part10 import parse_file_meta
+from dicomgw.ul.pdu import P_DATA_TF
+from tests.support.pdus import MCH_COMMAND_LAST
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LE = str(ExplicitVRLittleEndian)
 CALLED_AE = "DICOMGW"
 CALLING_AE = "TESTSCU"
 TIMEOUT_S = 10.0
-
-# PS3.8 9.3.6: A-RELEASE-RQ, type 05, length 4, four reserved bytes.
-A_RELEASE_RQ = bytes.fromhex("05 00 00000004 00000000")
-P_DATA_TF = 0x04
-A_ABORT = 0x07
-# PS3.8 9.3.5.1: message control header; bit 0 command, bit 1 last fragment.
-MCH_DATASET = 0x00
-MCH_DATASET_LAST = 0x02
-MCH_COMMAND_LAST = 0x03
 
 
 # -- data sets ----------------------------------------------------------------------
@@ -197,12 +189,6 @@ def associate_rq(called: str = CALLED_AE, calling: str = "RAWSCU") -> bytes:
     return bytes(pdu.encode())
 
 
-def p_data(context_id: int, mch: int, payload: bytes) -> bytes:
-    """P-DATA-TF with one PDV (PS3.8 9.3.5)."""
-    item = struct.pack(">IBB", len(payload) + 2, context_id, mch) + payload
-    return struct.pack(">BBI", P_DATA_TF, 0, len(item)) + item
-
-
 def raw_c_store_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
     """C-STORE-RQ command set (PS3.7 9.3.1.1) without any check of the UIDs, so a
     peer's hostile Affected SOP Instance UID can be sent as is."""
@@ -311,15 +297,6 @@ def dataset_checksum(path: Path) -> str:
     data = path.read_bytes()
     offset = parse_file_meta(data[:4096]).dataset_offset
     return f"crc32c:{crc32c(data[offset:]):08x}"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return predicate()
-        time.sleep(0.05)
-    return True
 
 
 async def instance_rows(dsn: str, uid: str) -> list[asyncpg.Record]:

@@ -31,8 +31,8 @@ from tests.integration.scu import (
     parts,
     send,
     send_concurrently,
-    wait_until,
 )
+from tests.support.wait import wait_until
 
 SUCCESS = 0x0000
 INSTANCES = 200

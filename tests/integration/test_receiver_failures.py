@@ -20,16 +20,10 @@ import asyncpg
 import pytest
 
 from dicomgw.db.embedded import EmbeddedPostgres, PostmasterInfo
-from dicomgw.dimse.commands import encode_c_store_rq
+from dicomgw.ul.pdu import A_ABORT
 from tests.gateway import Gateway, running
 from tests.integration.scu import (
-    A_ABORT,
-    A_RELEASE_RQ,
     CT_IMAGE_STORAGE,
-    MCH_COMMAND_LAST,
-    MCH_DATASET,
-    MCH_DATASET_LAST,
-    P_DATA_TF,
     encode_dataset,
     files_with_uid,
     instance_rows,
@@ -41,8 +35,17 @@ from tests.integration.scu import (
     send,
     send_concurrently,
     store_status,
-    wait_until,
 )
+from tests.support.pdus import (
+    A_RELEASE_RQ,
+    MCH_COMMAND_LAST,
+    MCH_DATASET,
+    MCH_DATASET_LAST,
+    c_store_command,
+    p_data,
+    pdv,
+)
+from tests.support.wait import wait_until
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -55,20 +58,11 @@ def start_partial_store(gateway: Gateway, raw_send: Callable[[bytes], None]) -> 
     before = parts(gateway.storage)
     ds = make_dataset()
     data = encode_dataset(ds)
-    raw_send(p_command(ds.SOPInstanceUID))
-    raw_send(pdv(MCH_DATASET, data[: len(data) // 2]))
+    raw_send(c_store_command(ds.SOPInstanceUID))
+    raw_send(p_data(pdv(1, MCH_DATASET, data[: len(data) // 2])))
     assert wait_until(lambda: len(parts(gateway.storage) - before) == 1), "no .part was opened"
     [part] = parts(gateway.storage) - before
     return ds.SOPInstanceUID, part
-
-
-def p_command(uid: str, message_id: int = 1) -> bytes:
-    return pdv(MCH_COMMAND_LAST, encode_c_store_rq(message_id, CT_IMAGE_STORAGE, uid))
-
-
-def pdv(mch: int, payload: bytes) -> bytes:
-    item = struct.pack(">IBB", len(payload) + 2, 1, mch) + payload
-    return struct.pack(">BBI", P_DATA_TF, 0, len(item)) + item
 
 
 async def assert_not_stored(gateway: Gateway, uid: str) -> None:
@@ -104,8 +98,8 @@ async def test_data_set_uid_differs_from_the_command(session_gateway: Gateway) -
     ds = make_dataset()
     before = parts(gw.storage)
     with raw_association(gw.dimse_port) as raw:
-        raw.send(p_command(announced.SOPInstanceUID))
-        raw.send(pdv(MCH_DATASET_LAST, encode_dataset(ds)))
+        raw.send(c_store_command(announced.SOPInstanceUID))
+        raw.send(p_data(pdv(1, MCH_DATASET_LAST, encode_dataset(ds))))
         status = store_status(raw.read_pdu())
     assert status == DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert wait_until(lambda: not parts(gw.storage) - before)
@@ -123,14 +117,14 @@ async def test_second_c_store_before_the_first_response(session_gateway: Gateway
     before = parts(gw.storage)
     with raw_association(gw.dimse_port) as raw:
         raw.send(
-            p_command(first.SOPInstanceUID, 1)
-            + pdv(MCH_DATASET_LAST, encode_dataset(first))
-            + p_command(second.SOPInstanceUID, 2)
-            + pdv(MCH_DATASET, data[:4000])
+            c_store_command(first.SOPInstanceUID, 1)
+            + p_data(pdv(1, MCH_DATASET_LAST, encode_dataset(first)))
+            + c_store_command(second.SOPInstanceUID, 2)
+            + p_data(pdv(1, MCH_DATASET, data[:4000]))
         )
         assert store_status(raw.read_pdu()) == SUCCESS
         with contextlib.suppress(OSError):
-            raw.send(pdv(MCH_DATASET_LAST, data[4000:]))
+            raw.send(p_data(pdv(1, MCH_DATASET_LAST, data[4000:])))
         reply = raw.read_pdu()
     assert reply is not None, "connection dropped without A-ABORT"
     if reply[0] != A_ABORT:
@@ -156,10 +150,10 @@ async def test_hostile_affected_sop_instance_uid(session_gateway: Gateway, hosti
     ds.SOPInstanceUID = uid
     before = set(gw.storage.rglob("*"))
     with raw_association(gw.dimse_port) as raw:
-        raw.send(pdv(MCH_COMMAND_LAST, raw_c_store_rq(1, CT_IMAGE_STORAGE, uid)))
+        raw.send(p_data(pdv(1, MCH_COMMAND_LAST, raw_c_store_rq(1, CT_IMAGE_STORAGE, uid))))
         # The data set may already be refused (or the association gone).
         with contextlib.suppress(OSError):
-            raw.send(pdv(MCH_DATASET_LAST, encode_dataset(ds)))
+            raw.send(p_data(pdv(1, MCH_DATASET_LAST, encode_dataset(ds))))
         pdu = raw.read_pdu()
     assert pdu is not None, "the connection was dropped without A-ABORT or a response"
     # PS3.7 C.4.9: 0117 invalid object instance; the association stays usable.

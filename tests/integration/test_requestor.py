@@ -48,6 +48,7 @@ from tests.interop.corpus import (
     running_sink,
     small_images,
 )
+from tests.support.pdus import p_data, pdv
 
 T = TypeVar("T")
 CONTEXTS = [(CT_IMAGE, [EXPLICIT_LE, IMPLICIT_LE]), (VERIFICATION, [IMPLICIT_LE])]
@@ -377,16 +378,11 @@ def test_echo_against_dicomgw_negotiation() -> None:
     assert run(scenario()) == 0
 
 
-def p_data(context_id: int, mch: int, payload: bytes) -> bytes:
-    item = struct.pack(">IBB", len(payload) + 2, context_id, mch) + payload
-    return struct.pack(">BBI", 0x04, 0, len(item)) + item
-
-
 @pytest.mark.parametrize(
     ("reply", "problem"),
     [
         pytest.param(
-            lambda mid: p_data(1, 0x02, b"\x08\x00\x16\x00\x02\x00\x00\x00ab"),
+            lambda mid: p_data(pdv(1, 0x02, b"\x08\x00\x16\x00\x02\x00\x00\x00ab")),
             "sent a data set",
             id="data-set-in-response",
         ),
@@ -401,7 +397,7 @@ def p_data(context_id: int, mch: int, payload: bytes) -> bytes:
             id="unknown-context",
         ),
         pytest.param(lambda mid: RELEASE_RQ, "A-RELEASE-RQ", id="release-instead"),
-        pytest.param(lambda mid: p_data(1, 0x03, b"\x00" * 20), "malformed", id="bad-command"),
+        pytest.param(lambda mid: p_data(pdv(1, 0x03, b"\x00" * 20)), "malformed", id="bad-command"),
     ],
 )
 def test_protocol_errors_abort(reply: Callable[[int], bytes], problem: str) -> None:

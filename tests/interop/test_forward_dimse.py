@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import io
 import subprocess
-import time
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +38,7 @@ from tests.interop.corpus import (
     small_images,
     stored_files,
 )
+from tests.support.wait import wait_until
 
 T = TypeVar("T")
 
@@ -110,12 +110,6 @@ def peer() -> Iterator[Peer]:
     running.stop()
 
 
-def wait_for(condition: Any, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 # -- pynetdicom: bytes, reuse, statuses, refusals ----------------------------------------
 
 
@@ -148,7 +142,7 @@ def test_one_association_for_many_stores(tmp_path: Path, peer: Peer) -> None:
     outcomes = run(send_batches(destination(peer.port), items[:10], items[10:20], items[20:]))
     assert [o.kind for o in outcomes] == ["delivered"] * 30
     assert all(peer.received[i.sop_instance_uid].sha256 == dataset_sha256(i) for i in items)
-    wait_for(lambda: peer.releases == 1)
+    wait_until(lambda: peer.releases == 1)
     assert (peer.associations, peer.releases) == (1, 1)
 
 
@@ -201,7 +195,7 @@ def test_idle_association_is_released(tmp_path: Path, peer: Peer) -> None:
     target = destination(peer.port, idle_release_s=0.2)
     outcomes = run(send_batches(target, items[:1], items[1:], pause_s=0.6))
     assert {o.kind for o in outcomes} == {"delivered"}
-    wait_for(lambda: peer.releases == 2)
+    wait_until(lambda: peer.releases == 2)
     assert (peer.associations, peer.releases) == (2, 2)
 
 
@@ -359,7 +353,7 @@ def test_echo(tmp_path: Path, peer: Peer) -> None:
 
     alone, shared = run(scenario())
     assert 0 < alone < 5 and 0 < shared < 5
-    wait_for(lambda: peer.releases == 2)
+    wait_until(lambda: peer.releases == 2)
     assert (peer.associations, peer.releases) == (2, 2)
     with pytest.raises(EchoFailed, match="Connection refused"):
         run(DimseSender(destination(free_port())).echo())

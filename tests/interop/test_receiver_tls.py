@@ -18,6 +18,7 @@ from tests.certs import Pki, make_pki
 from tests.gateway import Gateway, free_port
 from tests.integration.scu import make_dataset
 from tests.interop.corpus import storescu
+from tests.support.wait import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def test_dicom_tls_listener(
     stranger = ("+tls", str(pki.stranger_key), str(pki.stranger_cert), "+cf", str(pki.ca))
     refused = storescu(dcmtk, [instance(tmp_path, "stranger")], tls_port, *stranger)
     assert refused.returncode != 0
-    assert '"kind":"peer-certificate"' in gateway.log()
+    # NOTE: storescu may exit before the gateway has logged why it refused.
+    assert wait_until(lambda: '"kind":"peer-certificate"' in gateway.log()), gateway.log()
     plain = storescu(dcmtk, [instance(tmp_path, "plain-to-tls")], tls_port)
     assert plain.returncode != 0
     assert len(gateway.objects()) == 1

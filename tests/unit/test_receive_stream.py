@@ -6,7 +6,6 @@ errors each malformed input must raise."""
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 from collections.abc import Iterator
 
@@ -14,19 +13,10 @@ import pytest
 
 from dicomgw._core import ReceiveStream, crc32c
 from dicomgw.errors import InvalidPDU, PDUError, PDUTooLarge, UnexpectedPDU, UnrecognizedPDU
+from tests.support.pdus import p_data, pdv
 
 COMMAND = b"\x00\x00\x00\x00\x04\x00\x00\x00\x10\x00\x00\x00" + b"C" * 20
 DATASET = bytes(range(256)) * 8 + b"tail"
-
-
-def pdv(context_id: int, mch: int, payload: bytes) -> bytes:
-    """PS3.8 9.3.5.1: item-length (4, BE), context ID, message control header, fragment."""
-    return struct.pack(">IBB", len(payload) + 2, context_id, mch) + payload
-
-
-def p_data(*items: bytes) -> bytes:
-    body = b"".join(items)
-    return struct.pack(">BBI", 0x04, 0, len(body)) + body
 
 
 # A-RELEASE-RQ: type 05, reserved, length 4, four reserved bytes.

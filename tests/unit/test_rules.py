@@ -71,3 +71,21 @@ def test_rules_in_order_each_destination_once() -> None:
         JobRoute(2, 12, 60, f"study:{CT.study_instance_uid}"),
         JobRoute(3, 13),
     ]
+
+
+@pytest.mark.parametrize("kind", ["retrieve", "reindex"])
+def test_retrieved_and_reindexed_instances_go_only_where_a_rule_names_their_source(
+    kind: str,
+) -> None:
+    everything = Rule.build(1, "everything", {}, [7])
+    named = Rule.build(2, "named", {"source": kind}, [8])
+    fetched = replace(CT, source_kind=kind)
+    assert route([everything], fetched) == []
+    assert route([everything, named], fetched) == [JobRoute(2, 8)]
+    # A C-STORE still goes everywhere its rules say; "named" is not its source.
+    assert route([everything, named], CT) == [JobRoute(1, 7)]
+
+
+def test_source_matches_the_way_in() -> None:
+    assert Rule.build(1, "r", {"source": "dimse"}, [7]).matches(CT)
+    assert not Rule.build(1, "r", {"source_kind": "stow"}, [7]).matches(CT)

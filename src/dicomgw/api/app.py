@@ -1,7 +1,9 @@
 """The management API: ``create_app(config)`` builds the Falcon ASGI app.
 
-This layer never imports the compiled core or the receiver: API workers only
-talk to PostgreSQL and the storage root. Routes live under ``/api/v1``; errors
+This layer runs no DIMSE acceptor, receiver or services (pyproject.toml's
+import contracts say so): API workers talk to PostgreSQL and the storage root.
+The compiled core is a library any process may load (the storage module that
+checks and deletes files does). Routes live under ``/api/v1``; errors
 are problem+json (api/problems.py); every responder declares the roles it
 serves (api/auth.py ``allow``), and one that does not serves nobody.
 """

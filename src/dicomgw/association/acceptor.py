@@ -12,7 +12,9 @@ for the acceptor side, with the standard's names:
 
 An invalid event (a PDU that is not allowed in the current state, a malformed
 PDU) becomes an A-P-ABORT (AA-8), never an exception escaping to the loop.
-What the DIMSE messages mean is the services' business (passed in).
+What the DIMSE messages mean is the business of the layer above
+(:class:`Messages`, the DIMSE service provider of ``dicomgw.services``), which
+this module knows only through the callbacks it is handed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from typing import Protocol, cast
 from dicomgw._core import ReceiveStream
 from dicomgw.association.negotiation import (
     Acceptance,
-    AcceptedContext,
     Request,
     check_access,
     limit_rejection,
@@ -39,16 +40,7 @@ from dicomgw.association.negotiation import (
 )
 from dicomgw.association.tls import explain
 from dicomgw.config import DimseConfig
-from dicomgw.dimse.commands import (
-    C_ECHO_RQ,
-    C_STORE_RQ,
-    Command,
-    CommandError,
-    decode_command,
-    encode_c_echo_rsp,
-    encode_c_store_rsp,
-)
-from dicomgw.dimse.status import SUCCESS
+from dicomgw.dimse.commands import CommandError
 from dicomgw.errors import PDUError
 from dicomgw.log import context_id
 from dicomgw.ul.pdu import (
@@ -83,55 +75,54 @@ class Peer:
     acceptance: Acceptance
 
 
-@dataclass(frozen=True, slots=True)
-class ReceivedDataSet:
-    crc32c: int
-    size: int
-    head: bytes
-    write_errno: int
+class Link(Protocol):
+    """What the layer above may do with its association (the acceptor is one)."""
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Send a response command set (one P-DATA-TF), if the association is up."""
+        ...
+
+    def expect_dataset(self, context_id: int, fd: int) -> None:
+        """The data set that follows goes to ``fd`` (-1: read and discarded)."""
+        ...
+
+    def abort(self, reason: int) -> None:
+        """A-P-ABORT with this reason (PS3.8 Table 9-26)."""
+        ...
+
+    def settled(self) -> None:
+        """No request is in progress any more: a release asked for meanwhile may go."""
+        ...
 
 
-class StoreOperation(Protocol):
-    """One C-STORE in progress: the data set goes to ``fd`` (-1: discarded)."""
+class MessageHandler(Protocol):
+    """One association's DIMSE messages, above the association."""
 
-    fd: int
+    in_flight: int
+    """Requests received and not yet answered (a release waits for them)."""
 
-    async def finish(self, dataset: ReceivedDataSet) -> tuple[int, str | None]:
-        """Make it durable and indexed; the (status, error comment) to answer."""
+    def command(self, context_id: int, data: bytes) -> None:
+        """A whole command set arrived (it may raise CommandError: A-ABORT)."""
+        ...
 
-    def abandon(self) -> None:
-        """The association ended before the data set was complete."""
+    def dataset(self, context_id: int, crc32c: int, size: int, head: bytes, errno: int) -> None:
+        """The data set expected with :meth:`Link.expect_dataset` is complete."""
+        ...
+
+    def closed(self) -> None:
+        """The association ended (released, aborted or lost)."""
+        ...
 
 
-class Services(Protocol):
+class Messages(Protocol):
+    """The layer above: it makes each association's :class:`MessageHandler`."""
+
     head_bytes: int
-    """How much of each data set's start the services want (for the metadata scan)."""
+    """How much of each data set's start to keep (for the metadata scan)."""
     fsync: bool
-    """Whether stored files are fsynced (then writeback starts while receiving)."""
+    """Whether data sets are fsynced (then writeback starts while receiving)."""
 
-    def begin_store(
-        self,
-        peer: Peer,
-        context: AcceptedContext,
-        message_id: int,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-    ) -> StoreOperation: ...
-
-
-@dataclass(slots=True)
-class Refused:
-    """A C-STORE answered with a failure before its data set arrives (discarded)."""
-
-    status: int
-    comment: str
-    fd: int = -1
-
-    async def finish(self, dataset: ReceivedDataSet) -> tuple[int, str | None]:
-        return self.status, self.comment
-
-    def abandon(self) -> None:
-        pass
+    def attach(self, peer: Peer, link: Link) -> MessageHandler: ...
 
 
 class AssociationLimits:
@@ -162,18 +153,9 @@ class AssociationLimits:
             del self._by_peer[host]
 
 
-StoreObserver = Callable[[float, int], None]
-"""Told of each C-STORE answered: (seconds from its data set's last byte to the
-C-STORE-RSP, status)."""
-
-
 RefusalObserver = Callable[[str, str, dict[str, str]], None]
 """Told of each refused peer: (what: ``association`` or ``tls``, peer address,
 details), for the audit log."""
-
-
-def _unobserved(seconds: float, status: int) -> None:
-    pass
 
 
 def _unaudited(what: str, peer: str, detail: dict[str, str]) -> None:
@@ -187,12 +169,7 @@ class ListenerCounters:
     collection); a stream's counts move here when its connection closes.
     """
 
-    def __init__(
-        self,
-        on_store_answered: StoreObserver | None = None,
-        on_refused: RefusalObserver | None = None,
-    ) -> None:
-        self.on_store_answered = on_store_answered or _unobserved
+    def __init__(self, on_refused: RefusalObserver | None = None) -> None:
         self.on_refused = on_refused or _unaudited
         self.admitted = 0
         self.rejected: Counter[tuple[int, int]] = Counter()
@@ -222,12 +199,12 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self,
         config: DimseConfig,
         limits: AssociationLimits,
-        services: Services,
+        messages: Messages,
         counters: ListenerCounters,
     ) -> None:
         self._config = config
         self._limits = limits
-        self._services = services
+        self._messages = messages
         self._counters = counters
         self._buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._stream = ReceiveStream(
@@ -235,8 +212,8 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             self._on_command,
             self._on_dataset,
             max_pdata_length=config.max_pdu + PDATA_MARGIN,
-            head_budget=services.head_bytes,
-            write_behind=services.fsync,
+            head_budget=messages.head_bytes,
+            write_behind=messages.fsync,
         )
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -245,12 +222,8 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._host = "?"
         self._port = 0
         self._admitted = False
-        # The C-STORE whose data set is arriving, and the ones being committed
-        # (answered in order: each completion waits for the one before it).
-        self._operation: StoreOperation | None = None
-        self._operation_command: Command | None = None
-        self._tail: asyncio.Task[None] | None = None
-        self._inflight = 0
+        self._handler: MessageHandler | None = None
+        """The DIMSE messages' handler, once the association is established."""
         self._release_requested = False
         self._last_activity = time.monotonic()
         self.assoc_id = f"a{next(_ids)}"
@@ -301,10 +274,9 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         context_id.set(self.assoc_id)
         if self._timer is not None:
             self._timer.cancel()
-        if self._operation is not None:
-            self._operation.abandon()
-            log.warning("connection lost inside a data set: the partial instance is discarded")
-        self._operation = None
+        if self._stream.in_message and self._state == "Sta6":
+            log.warning("connection lost inside a message: the partial message is discarded")
+        self._detach()
         if self._admitted:
             self._limits.release(self._host)
             self._admitted = False
@@ -326,9 +298,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         elif pdu_type == A_ABORT:
             log.warning("peer aborted the association", extra={"source_reason": pdu[8:10].hex()})
             self._stream.stop()
-            if self._operation is not None:
-                self._operation.abandon()
-                self._operation = None
+            self._detach()
             self._close()
         else:
             log.warning("unexpected PDU", extra={"pdu_type": pdu_type, "state": self._state})
@@ -366,6 +336,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         for cx in acceptance.contexts:
             self._stream.accept_context(cx)
         self._peer = Peer(self.assoc_id, self._host, self._port, acceptance)
+        self._handler = self._messages.attach(self._peer, self)
         self._state = "Sta6"
         self._write(acceptance.ac_pdu)
         self._arm(self._config.network_timeout_s, self._idle_check)
@@ -384,111 +355,43 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             log.warning("A-RELEASE-RQ in the middle of a message: aborting")
             self._abort(ABORT_UNEXPECTED_PDU)
             return
-        if self._inflight:
-            # PS3.8 Sta8: answer the outstanding C-STOREs first, then release.
+        if self._handler is not None and self._handler.in_flight:
+            # PS3.8 Sta8: answer the outstanding requests first, then release.
             self._release_requested = True
             return
         log.info("association released")
         self._send_last(A_RELEASE_RP_PDU)
 
-    # -- DIMSE messages (PS3.7) ------------------------------------------------------
+    # -- DIMSE messages, handed to the layer above (PS3.7) -----------------------------
 
     def _on_command(self, context_id: int, data: bytes) -> None:
-        assert self._peer is not None
-        try:
-            command = decode_command(data)
-        except CommandError as exc:
-            if exc.command_field != C_STORE_RQ or exc.message_id is None:
-                raise  # no response can be addressed: A-ABORT
-            self._refuse_store(context_id, exc)
-            return
-        context = self._peer.acceptance.contexts[context_id]
-        # NOTE: a requestor that sends the next request before our response
-        # breaks PS3.7 D.3.3.3 (window 1); it is served anyway, answers in order.
-        if command.command_field == C_ECHO_RQ:
-            response = encode_c_echo_rsp(command.message_id or 0, SUCCESS)
-            self._write(p_data_command(context_id, response))
-            return
-        if command.command_field != C_STORE_RQ or not context.is_storage:
-            log.warning("unsupported DIMSE command", extra={"command_field": command.command_field})
-            self._abort(ABORT_UNRECOGNIZED_PDU_PARAMETER)
-            return
-        if not command.has_data_set:
-            raise CommandError("C-STORE-RQ announces no data set")
-        operation = self._services.begin_store(
-            self._peer,
-            context,
-            command.message_id or 0,
-            command.affected_sop_class_uid or "",
-            command.affected_sop_instance_uid or "",
-        )
-        self._operation = operation
-        self._operation_command = command
-        self._stream.expect_dataset(context_id, operation.fd)
-
-    def _refuse_store(self, context_id: int, exc: CommandError) -> None:
-        """A C-STORE-RQ we can address but not carry out (a bad UID, a missing
-        element): consume its data set, then answer with the error's status."""
-        log.warning("malformed C-STORE-RQ refused", extra={"error": exc.problem})
-        self._operation = Refused(exc.status, exc.problem)
-        self._operation_command = Command(
-            command_field=C_STORE_RQ,
-            message_id=exc.message_id,
-            message_id_being_responded_to=None,
-            affected_sop_class_uid=None,
-            affected_sop_instance_uid=None,
-            command_data_set_type=0,
-            priority=None,
-            move_originator_ae_title=None,
-            move_originator_message_id=None,
-            status=None,
-            error_comment=None,
-        )
-        self._stream.expect_dataset(context_id, -1)
+        assert self._handler is not None
+        self._handler.command(context_id, data)
 
     def _on_dataset(self, context_id: int) -> None:
+        assert self._handler is not None
         crc, size, head, write_errno = self._stream.finish_dataset()
-        operation, command = self._operation, self._operation_command
-        assert operation is not None and command is not None
-        self._operation = self._operation_command = None
-        dataset = ReceivedDataSet(crc, size, head, write_errno)
-        self._inflight += 1
-        self._tail = asyncio.get_running_loop().create_task(
-            self._complete(operation, command, context_id, dataset, self._tail)
-        )
+        self._handler.dataset(context_id, crc, size, head, write_errno)
 
-    async def _complete(
-        self,
-        operation: StoreOperation,
-        command: Command,
-        context_id: int,
-        dataset: ReceivedDataSet,
-        previous: asyncio.Task[None] | None,
-    ) -> None:
-        """Finish one C-STORE off the receive path and answer it (PS3.7 9.3.1.2)."""
-        started = time.monotonic()
-        try:
-            status, comment = await operation.finish(dataset)
-            if previous is not None:
-                await previous  # responses go out in request order
-        except Exception:
-            log.exception("C-STORE failed unexpectedly: aborting the association")
-            self._abort(ABORT_REASON_NOT_SPECIFIED)
-            return
-        finally:
-            self._inflight -= 1
-        if self._state != "Sta6":
-            return
-        response = encode_c_store_rsp(
-            command.message_id or 0,
-            command.affected_sop_class_uid,
-            command.affected_sop_instance_uid,
-            status,
-            comment,
-        )
-        self._write(p_data_command(context_id, response))
-        self._counters.on_store_answered(time.monotonic() - started, status)
-        if self._release_requested and not self._inflight:
+    def _detach(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            handler.closed()
+
+    # -- Link: what the handler may do ---------------------------------------------------
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        if self._state == "Sta6":
+            self._write(p_data_command(context_id, command))
+
+    def expect_dataset(self, context_id: int, fd: int) -> None:
+        self._stream.expect_dataset(context_id, fd)
+
+    def abort(self, reason: int) -> None:
+        self._abort(reason)
+
+    def settled(self) -> None:
+        if self._release_requested and self._state == "Sta6":
             log.info("association released")
             self._send_last(A_RELEASE_RP_PDU)
 
@@ -508,7 +411,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
     def _idle_check(self) -> None:
         idle = time.monotonic() - self._last_activity
         timeout = self._config.network_timeout_s
-        if idle < timeout or self._inflight:
+        if idle < timeout or (self._handler is not None and self._handler.in_flight):
             self._arm(max(0.1, timeout - idle), self._idle_check)
             return
         context_id.set(self.assoc_id)
@@ -518,9 +421,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._abort(ABORT_REASON_NOT_SPECIFIED)
 
     def _abort(self, reason: int) -> None:
-        if self._operation is not None:
-            self._operation.abandon()
-            self._operation = None
+        self._detach()
         self._send_last(a_abort(ABORT_SOURCE_PROVIDER, reason))
 
     def _send_last(self, pdu: bytes) -> None:
@@ -660,7 +561,7 @@ def _give(protocol: asyncio.BufferedProtocol, data: bytearray) -> None:
 async def start_listener(
     config: DimseConfig,
     limits: AssociationLimits,
-    services: Services,
+    messages: Messages,
     counters: ListenerCounters,
     *,
     port: int,
@@ -671,7 +572,7 @@ async def start_listener(
     buffer as it reads plain ones."""
 
     def plain() -> AssociationAcceptor:
-        return AssociationAcceptor(config, limits, services, counters)
+        return AssociationAcceptor(config, limits, messages, counters)
 
     def secured() -> TLSHandshake:
         assert tls is not None

@@ -1,9 +1,9 @@
 """One probe of a destination (C-ECHO, or the STOW-RS sender's HTTP request) with the
 forwarder's own sender, in a process of its own.
 
-The API's "echo" button runs it: the DIMSE requestor needs the compiled core, which
-API workers never load, and a child process can always be ended when its time is
-up, whatever the peer does. ``python -m dicomgw.forward.probe`` reads a
+The API's "echo" button runs it in a child process, which can always be ended
+when its time is up, whatever the peer does, and keeps the sender's associations
+and TLS contexts out of the API workers. ``python -m dicomgw.forward.probe`` reads a
 :class:`ProbeRequest` (JSON, secrets included: never on the command line) on stdin
 and writes a :class:`ProbeResult` on stdout.
 """

@@ -31,10 +31,12 @@ import orjson
 
 from dicomgw.db import channels
 from dicomgw.index.records import InstanceRecord, JobRoute
+from dicomgw.ingest.source import NOT_ROUTED
 
 # Attribute names a rule may match on: the index record's fields, plus the
 # names operators know from DIMSE for the association's AE titles.
 ALIASES = {
+    "source": "source_kind",
     "calling_ae": "source_ae",
     "calling_ae_title": "source_ae",
     "called_ae_title": "called_ae",
@@ -119,6 +121,10 @@ class Rule:
             conditions.append((ALIASES.get(key, key), _matcher(name, key, pattern)))
         return cls(id, name, tuple(destination_ids), tuple(conditions), granularity, quiet_period_s)
 
+    @property
+    def names_source(self) -> bool:
+        return any(attribute == "source_kind" for attribute, _ in self.conditions)
+
     def matches(self, record: InstanceRecord) -> bool:
         for attribute, matcher in self.conditions:
             value = getattr(record, attribute)
@@ -128,10 +134,17 @@ class Rule:
 
 
 def route(rules: Sequence[Rule], record: InstanceRecord) -> list[JobRoute]:
-    """The jobs a received instance gets, in rule order."""
+    """The jobs a received instance gets, in rule order.
+
+    An instance that came from a retrieval or a re-index is routed only by rules
+    that name its source (``match: {source: retrieve}``): it must not go back
+    to where it came from.
+    """
     routes: list[JobRoute] = []
     seen: set[int] = set()
     for rule in rules:
+        if record.source_kind in NOT_ROUTED and not rule.names_source:
+            continue
         if not rule.matches(record):
             continue
         hold_key = None

@@ -54,6 +54,7 @@ STAGING_COLUMNS = (
     ("size_bytes", "bigint"),
     ("dataset_size", "bigint"),
     ("checksum", "text"),
+    ("source_kind", "text"),
     ("source_ae", "text"),
     ("called_ae", "text"),
     ("source_ip", "inet"),
@@ -75,6 +76,8 @@ class Provenance:
     size_bytes: int
     dataset_size: int
     checksum: str
+    source_kind: str = "dimse"
+    """How it came in (dicomgw.ingest.source.SourceKind)."""
     source_ae: str | None
     called_ae: str | None
     source_ip: str | None

@@ -34,7 +34,7 @@ from dicomgw.errors import DicomGwError
 from dicomgw.index import records as tags
 from dicomgw.index.batcher import IndexBatcher, IndexUnavailable
 from dicomgw.index.records import Attributes, InstanceRecord, Provenance, build_record
-from dicomgw.receiver.store import CHECKSUM_PREFIX, scan
+from dicomgw.ingest.dataset import CHECKSUM_PREFIX, scan
 from dicomgw.storage import deletions
 from dicomgw.storage.layout import StorageLayout
 from dicomgw.storage.part10 import parse_file_meta

@@ -9,21 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 
-from dicomgw.association.acceptor import (
-    AssociationLimits,
-    ListenerCounters,
-    StoreObserver,
-    start_listener,
-)
+from dicomgw.association.acceptor import AssociationLimits, ListenerCounters, start_listener
 from dicomgw.association.errors import TLSConfigError
 from dicomgw.association.tls import server_context
 from dicomgw.config import Config
 from dicomgw.errors import DicomGwError
 from dicomgw.forward.rules import RoutingTable
 from dicomgw.index.batcher import BatchObserver, IndexBatcher
+from dicomgw.ingest.service import Ingest
 from dicomgw.receiver.recovery import Unconfirmed, recover
 from dicomgw.receiver.refusals import RefusalAuditor
-from dicomgw.receiver.store import StorageService
+from dicomgw.services.echo import VerificationService
+from dicomgw.services.provider import AnswerObserver, ServiceProvider
+from dicomgw.services.store import StorageService
 from dicomgw.storage.disk import DiskGuard
 from dicomgw.storage.layout import prepare_storage
 from dicomgw.storage.spool import Spool
@@ -47,7 +45,7 @@ class Receiver:
         config: Config,
         pool: asyncpg.Pool,
         *,
-        on_store_answered: StoreObserver | None = None,
+        on_answered: AnswerObserver | None = None,
         on_index_batch: BatchObserver | None = None,
     ) -> None:
         layout = prepare_storage(config.storage_root)
@@ -69,14 +67,20 @@ class Receiver:
         )
         self.limits = AssociationLimits(config.dimse)
         self.refusals = RefusalAuditor(pool)
-        self.counters = ListenerCounters(on_store_answered, self.refusals)
+        self.counters = ListenerCounters(self.refusals)
         self.unconfirmed = Unconfirmed(layout, pool, self.batcher)
-        self.service = StorageService(
+        self.ingest = Ingest(
             self.spool,
             self.disk,
             self.batcher,
             head_bytes=config.index.scan_bytes,
             on_unconfirmed=self.unconfirmed.add,
+        )
+        self.services = ServiceProvider(
+            (VerificationService(), StorageService(self.ingest)),
+            head_bytes=config.index.scan_bytes,
+            fsync=self.spool.fsync,
+            on_answered=on_answered,
         )
         self._config = config
         self._pool = pool
@@ -135,7 +139,7 @@ class Receiver:
         dimse = self._config.dimse
         try:
             return await start_listener(
-                dimse, self.limits, self.service, self.counters, port=port, tls=tls
+                dimse, self.limits, self.services, self.counters, port=port, tls=tls
             )
         except OSError as exc:
             raise DicomGwError(

@@ -268,7 +268,7 @@ class RuleOrderResource:
 
 INSTANCE = """
 SELECT i.id, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_path,
-       i.size_bytes, i.dataset_size, i.checksum, i.source_ae, i.called_ae,
+       i.size_bytes, i.dataset_size, i.checksum, i.source_kind, i.source_ae, i.called_ae,
        host(i.source_ip) AS source_ip, NULL AS association_id, i.received_at,
        'stored' AS event, i.instance_number, i.number_of_frames,
        se.series_instance_uid, se.modality, se.series_number, se.series_description,
