@@ -19,6 +19,16 @@ import pytest
 from dicomgw.db.embedded import EmbeddedPostgres
 from tests.gateway import Gateway, running
 
+# The quick lane (./dev test --quick) leaves out what is marked slow: these
+# folders (a browser, rpmbuild, systemd and nginx) and single tests marked so.
+SLOW_FOLDERS = frozenset(("e2e", "deploy"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
