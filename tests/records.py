@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 
 from dicomgw.config import Config, load_config
-from dicomgw.forward.rules import RoutingTable
 from dicomgw.index.batcher import IndexBatcher, init_connection
 from dicomgw.index.records import InstanceRecord
+from dicomgw.ingest.routing import RoutingTable
 
 
 def record(

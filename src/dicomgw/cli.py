@@ -92,8 +92,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
     from dicomgw.db.pool import create_pool
     from dicomgw.db.server import database
-    from dicomgw.forward.rules import load_rules, route
-    from dicomgw.receiver.recovery import read_record
+    from dicomgw.ingest.recovery import read_record
+    from dicomgw.ingest.routing import load_rules, route
 
     config = _config(args)
     _setup_logging(config)

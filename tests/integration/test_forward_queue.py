@@ -21,10 +21,10 @@ from dicomgw.db import migrate
 from dicomgw.db.channels import JOBS
 from dicomgw.forward.delivery import Outcome
 from dicomgw.forward.destinations import apply_declared, load_destinations
-from dicomgw.forward.rules import RoutingTable
 from dicomgw.forward.secrets import SecretBox
 from dicomgw.index.batcher import IndexBatcher
 from dicomgw.index.records import InstanceRecord
+from dicomgw.ingest.routing import RoutingTable
 from dicomgw.queue import jobs
 from dicomgw.queue.jobs import RetryPolicy
 from tests.records import (

@@ -20,7 +20,6 @@ import pytest
 
 from dicomgw.db import migrate
 from dicomgw.forward.destinations import apply_declared
-from dicomgw.forward.rules import Rule, load_rules, route
 from dicomgw.forward.secrets import SecretBox
 from dicomgw.index.batcher import (
     INGEST,
@@ -32,6 +31,7 @@ from dicomgw.index.batcher import (
     init_connection,
 )
 from dicomgw.index.records import InstanceRecord, JobRoute
+from dicomgw.ingest.routing import Rule, load_rules, route
 from tests.records import DESTINATIONS, EVERYTHING_TO_PACS1, declared_config, record
 
 ROUTES = (

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from dicomgw.receiver.recovery import RECOVERY_MARGIN, candidates
+from dicomgw.ingest.recovery import RECOVERY_MARGIN, candidates
 
 
 def put(objects: Path, day: dt.date, name: str, mtime: dt.datetime) -> Path:

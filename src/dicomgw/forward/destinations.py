@@ -16,8 +16,8 @@ import orjson
 
 from dicomgw.config import Config, Destination, DimseDestination, StowDestination
 from dicomgw.db import channels
-from dicomgw.forward.rules import Rule
 from dicomgw.forward.secrets import SecretBox, SecretsError
+from dicomgw.ingest.routing import Rule
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""The DIMSE receiver role: spool, disk guard, index writer and the listener, wired."""
+"""The DIMSE receiver role: the listeners, wired to the DIMSE services over this
+process's ingest stack."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 
@@ -14,29 +14,14 @@ from dicomgw.association.errors import TLSConfigError
 from dicomgw.association.tls import server_context
 from dicomgw.config import Config
 from dicomgw.errors import DicomGwError
-from dicomgw.forward.rules import RoutingTable
-from dicomgw.index.batcher import BatchObserver, IndexBatcher
-from dicomgw.ingest.service import Ingest
-from dicomgw.receiver.recovery import Unconfirmed, recover
+from dicomgw.index.batcher import BatchObserver
+from dicomgw.ingest.stack import IngestStack
 from dicomgw.receiver.refusals import RefusalAuditor
 from dicomgw.services.echo import VerificationService
 from dicomgw.services.provider import AnswerObserver, ServiceProvider
 from dicomgw.services.store import StorageService
-from dicomgw.storage.disk import DiskGuard
-from dicomgw.storage.layout import prepare_storage
-from dicomgw.storage.spool import Spool
 
 log = logging.getLogger(__name__)
-
-# fsync is per instance and blocks; enough threads for every association's
-# commit to be in flight at once without queueing behind another.
-FSYNC_THREADS = 16
-
-
-def index_timeout_s(config: Config) -> float:
-    """How long a C-STORE waits for its index COMMIT before answering 0xA700."""
-    statement_s = config.database.statement_timeout_ms / 1000 or 60.0
-    return statement_s + config.database.connect_timeout_s
 
 
 class Receiver:
@@ -48,34 +33,14 @@ class Receiver:
         on_answered: AnswerObserver | None = None,
         on_index_batch: BatchObserver | None = None,
     ) -> None:
-        layout = prepare_storage(config.storage_root)
-        self._executor = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="commit")
-        self.spool = Spool(layout, fsync=config.storage.fsync, executor=self._executor)
-        self.disk = DiskGuard(
-            layout.root, config.storage.high_watermark_percent, config.storage.low_watermark_percent
-        )
-        self.routing = RoutingTable(pool)
-        self.batcher = IndexBatcher(
-            pool,
-            batch_size=config.index.batch_size,
-            max_delay_s=config.index.max_delay_ms / 1000,
-            duplicate_policy=config.storage.duplicate_policy,
-            same_content=self.spool.same_dataset,
-            timeout_s=index_timeout_s(config),
-            router=self.routing.route,
-            on_batch=on_index_batch,
-        )
+        self.stack = IngestStack(config, pool, on_index_batch=on_index_batch)
+        # Read by the metrics collector and the tests.
+        self.spool, self.disk, self.batcher = self.stack.spool, self.stack.disk, self.stack.batcher
+        self.routing, self.unconfirmed = self.stack.routing, self.stack.unconfirmed
+        self.ingest = self.stack.ingest
         self.limits = AssociationLimits(config.dimse)
         self.refusals = RefusalAuditor(pool)
         self.counters = ListenerCounters(self.refusals)
-        self.unconfirmed = Unconfirmed(layout, pool, self.batcher)
-        self.ingest = Ingest(
-            self.spool,
-            self.disk,
-            self.batcher,
-            head_bytes=config.index.scan_bytes,
-            on_unconfirmed=self.unconfirmed.add,
-        )
         self.services = ServiceProvider(
             (VerificationService(), StorageService(self.ingest)),
             head_bytes=config.index.scan_bytes,
@@ -88,10 +53,7 @@ class Receiver:
         self._tls: ssl.SSLContext | None = None
 
     async def start(self) -> None:
-        await self.routing.start()
-        self.batcher.start()
-        await recover(self.spool.layout, self._pool, self.batcher)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.spool.prepare_days)
+        await self.stack.start(recover_storage=True)
         dimse = self._config.dimse
         self._tls = self._tls_context()
         self._servers.append(await self._listen("port", dimse.port, None))
@@ -153,9 +115,5 @@ class Receiver:
             server.close()
         for server in self._servers:
             await server.wait_closed()
-        await self.unconfirmed.close()
-        await self.batcher.close()
+        await self.stack.close()
         await self.refusals.close()
-        await self.routing.close()
-        self._executor.shutdown(wait=True)
-        self.spool.close()

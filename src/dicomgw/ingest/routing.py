@@ -37,6 +37,7 @@ from dicomgw.ingest.source import NOT_ROUTED
 # names operators know from DIMSE for the association's AE titles.
 ALIASES = {
     "source": "source_kind",
+    "user": "source_user",
     "calling_ae": "source_ae",
     "calling_ae_title": "source_ae",
     "called_ae_title": "called_ae",
