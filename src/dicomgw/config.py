@@ -315,6 +315,12 @@ class ApiConfig(_Section, frozen=True):
                     ) from None
 
 
+class DicomwebConfig(_Section, frozen=True):
+    max_stow_bytes: Annotated[int, msgspec.Meta(ge=1)] = 8 << 30
+    """The largest STOW-RS request body (a larger Content-Length is refused with 413
+    before anything is read, and a body that grows past it is cut off)."""
+
+
 class TlsConfig(_Section, frozen=True):
     dir: str | None = None
     """Where ``dicom-gw tls`` installs the HTTPS certificate (``https.crt``, full
@@ -341,6 +347,7 @@ class Config(_Section, frozen=True):
     dimse: DimseConfig = msgspec.field(default_factory=DimseConfig)
     index: IndexConfig = msgspec.field(default_factory=IndexConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    dicomweb: DicomwebConfig = msgspec.field(default_factory=DicomwebConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     forwarder: ForwarderConfig = msgspec.field(default_factory=ForwarderConfig)

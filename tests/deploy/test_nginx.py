@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import socket
 import ssl
 import threading
@@ -13,13 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomgw.api.auth import SECURE_SESSION_COOKIE
 from tests.conftest import _create_database, with_database
 from tests.deploy.nginx import ACME_TOKEN, ASSET, INDEX_HTML, Site, check, running
 from tests.gateway import ADMIN_PASSWORD, Gateway
 from tests.gateway import running as gateway_running
+from tests.integration.scu import files_with_uid, make_dataset
 
 GATEWAY_CONFIG = """\
 api:
@@ -235,25 +240,67 @@ def test_metrics_are_not_exposed(site: Site, gateway: Gateway, https: httpx.Clie
         assert "dicomgw_" not in through.text
 
 
-def test_upload_size_limit_is_4g(site: Site, https: httpx.Client) -> None:
-    body = b"\0" * (3 * 1024 * 1024)  # nginx's default limit is 1m
-    upload = https.post(
-        "/api/v1/studies", content=body, headers={"Content-Type": "application/dicom"}
-    )
-    assert upload.status_code != 413
-    # NOTE: the API answers this unauthenticated request without reading the
-    # body and closes; nginx, still sending, may then answer 502 instead of the
-    # API's 401. Either way the body was taken, and spooled to disk first:
-    assert "request body is buffered to a temporary file" in (site.dir / "error.log").read_text()
-    # Refused on its Content-Length alone, before any of the body is sent.
+def _refused_on_length(site: Site, path: str, length: int) -> bytes:
+    """The status line nginx answers a POST announcing ``length`` bytes, before any is sent."""
     context = ssl.create_default_context()
     site.ca.configure_trust(context)
     with _handshake(site.https_port, context) as tls:
         tls.sendall(
-            b"POST /api/v1/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + f"Content-Length: {4 * 1024**3 + 1}\r\n\r\n".encode()
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+            + f"Content-Length: {length}\r\n\r\n".encode()
         )
-        assert tls.recv(4096).startswith(b"HTTP/1.1 413 ")
+        return tls.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_bodies_are_small_except_where_stow_rs_streams(site: Site, https: httpx.Client) -> None:
+    two_mb = b"\0" * (2 * 1024 * 1024)
+    api = https.post("/api/v1/users", content=two_mb, headers={"Content-Type": "application/json"})
+    assert api.status_code == 413
+    assert _refused_on_length(site, "/api/v1/auth/login", 2 * 1024 * 1024).split()[1] == b"413"
+    # STOW-RS takes up to 8 GiB, streamed on to the API (which refuses this
+    # unauthenticated one) rather than spooled to nginx's disk first.
+    log = site.dir / "error.log"
+    before = log.read_text()
+    stow = https.post(
+        "/dicom-web/studies",
+        content=two_mb,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
+    # NOTE: the API answers without reading the body and closes; nginx, still
+    # sending, may then answer 502 instead of the API's 401.
+    assert stow.status_code in (401, 502)
+    assert "buffered to a temporary file" not in log.read_text()[len(before) :]
+    assert _refused_on_length(site, "/dicom-web/studies", 8 * 1024**3 + 1).split()[1] == b"413"
+
+
+def test_stow_rs_through_nginx(site: Site, https: httpx.Client, gateway: Gateway) -> None:
+    login = https.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert login.status_code == 200, login.text
+    token = https.post(
+        "/api/v1/me/tokens",
+        json={"name": "stow", "expires_in_days": 1},
+        headers={"X-CSRF-Token": login.json()["csrf_token"]},
+    ).json()["token"]
+    ds = make_dataset()
+    ds.preamble = bytes(128)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    encoded = io.BytesIO()
+    pydicom.dcmwrite(encoded, ds, enforce_file_format=True)
+    body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + encoded.getvalue() + b"\r\n--b--\r\n"
+    stored = https.post(
+        "/dicom-web/studies",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
+        },
+    )
+    assert stored.status_code == 200, stored.text
+    assert stored.headers["content-type"] == "application/dicom+json"
+    assert files_with_uid(gateway.storage, ds.SOPInstanceUID)
 
 
 def test_login_is_rate_limited(https: httpx.Client) -> None:

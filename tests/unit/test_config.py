@@ -110,7 +110,7 @@ def test_unknown_env_override_is_rejected(tmp_path: Path, var: str) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [
-        ("nope: 1", "nope", "unknown key; allowed here: api, database, destinations, dimse"),
+        ("nope: 1", "nope", "unknown key; allowed here: api, database, destinations, dicomweb, dimse"),
         ("dimse: {prot: 1}", "dimse.prot", "allowed here: accepted_sop_classes, accepted_transfer"),
         ("database: {pool_min_size: 0}", "database.pool_min_size", ">= 1"),
         ("database: {pool_min_size: 5, pool_max_size: 2}", "database", "pool_min_size (5)"),

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from dicomgw.forward.rules import Rule, RuleError, route
 from dicomgw.index.records import JobRoute
+from dicomgw.ingest.routing import Rule, RuleError, route
 from tests.records import record
 
 CT = record(1, modality="CT")

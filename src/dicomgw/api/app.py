@@ -20,11 +20,13 @@ import orjson
 from dicomgw.api import problems
 from dicomgw.api.auth import AuthMiddleware, Throttle
 from dicomgw.api.context import PREFIX, ROW_ID, ApiContext, App, RouteAdder, RowIdConverter
+from dicomgw.api.ingesting import Ingesting
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
 from dicomgw.api.resources import (
     audit_log,
     certificate,
     destinations,
+    dicomweb,
     metrics,
     mfa,
     openapi,
@@ -75,6 +77,7 @@ ROUTES: tuple[RouteAdder, ...] = (
     certificate.add_routes,
     metrics.add_routes,
     openapi.add_routes,
+    dicomweb.add_routes,
 )
 """Every group of routes the API serves; each resource module contributes one."""
 
@@ -100,7 +103,9 @@ def create_app(
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.set_error_serializer(problems.serialize)
     app.router_options.converters[ROW_ID] = RowIdConverter
-    api = ApiContext(config, pools, throttle or Throttle())
+    ingesting = Ingesting(config)
+    pools.before_close.append(ingesting.close)
+    api = ApiContext(config, pools, throttle or Throttle(), ingesting)
     for add in routes:
         add(app, api)
     add_webui(app, config.api)

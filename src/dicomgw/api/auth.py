@@ -2,7 +2,8 @@
 
 A browser logs in and gets a session cookie (HttpOnly, SameSite=Strict) plus a
 CSRF token that state-changing requests must echo in ``X-CSRF-Token``; a
-script uses an API token (``Authorization: Bearer``). Only SHA-256 hashes of
+script uses an API token (``Authorization: Bearer``), or, for DICOMweb clients
+that speak only HTTP Basic, Basic with the token as the password. Only SHA-256 hashes of
 session and API tokens are stored. Roles are deny-by-default: a responder
 serves only the roles its :func:`allow` names.
 """
@@ -10,6 +11,7 @@ serves only the roles its :func:`allow` names.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import functools
 import hashlib
@@ -46,6 +48,8 @@ def session_cookie(config: ApiConfig) -> str:
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_PREFIX = "dgw_"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+AUTHENTICATED_ROOTS = ("/api/", "/dicom-web/")
+"""Where requests are authenticated (the web UI's files are not)."""
 
 _hasher = PasswordHasher()
 # NOTE: verified against for unknown users, so that "no such user" takes as long
@@ -201,6 +205,8 @@ async def authenticate(
     if scheme.lower() == "bearer" and credentials.startswith(TOKEN_PREFIX):
         row = await conn.fetchrow(TOKEN_USER, token_hash(credentials.strip()))
         return User(row["user_id"], row["username"], row["role"], "token") if row else None
+    if scheme.lower() == "basic":
+        return await _basic_token_user(conn, credentials.strip())
     cookie = req.get_cookie_values(session_cookie(config))
     if not cookie:
         return None
@@ -210,6 +216,22 @@ async def authenticate(
     return User(
         row["user_id"], row["username"], row["role"], "session", row["id"], row["csrf_token"]
     )
+
+
+async def _basic_token_user(conn: asyncpg.Connection, credentials: str) -> User | None:
+    """HTTP Basic whose password is an API token of that user (DICOMweb clients that
+    speak only Basic). An account password is never taken here: it would bypass
+    TOTP and cost an argon2 hash per request."""
+    try:
+        username, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not password.startswith(TOKEN_PREFIX):
+        return None
+    row = await conn.fetchrow(TOKEN_USER, token_hash(password))
+    if row is None or row["username"].lower() != username.lower():
+        return None
+    return User(row["user_id"], row["username"], row["role"], "token")
 
 
 # -- RBAC ---------------------------------------------------------------------------
@@ -257,7 +279,7 @@ class AuthMiddleware:
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         req.context.user = None
         req.context.client_ip = client_address(req, self._proxies)
-        if not req.path.startswith("/api/") or req.path.startswith("/api/v1/health/"):
+        if not req.path.startswith(AUTHENTICATED_ROOTS) or req.path.startswith("/api/v1/health/"):
             return
         async with self._pool().acquire() as conn:
             user = await authenticate(conn, req, self._config)

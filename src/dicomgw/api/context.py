@@ -1,5 +1,5 @@
 """What every resource module gets to add its routes: the config, the database
-pool, the login throttle."""
+pool, the login throttle, the worker's ingest stack."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import falcon.asgi
 import falcon.routing
 
 from dicomgw.api.auth import Throttle
+from dicomgw.api.ingesting import Ingesting
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.config import Config
 from dicomgw.forward.secrets import SecretBox
@@ -28,6 +29,7 @@ class ApiContext:
     config: Config
     pools: PoolMiddleware
     throttle: Throttle
+    ingesting: Ingesting
 
     @functools.cached_property
     def box(self) -> SecretBox:

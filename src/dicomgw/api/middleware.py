@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -33,6 +33,8 @@ class PoolMiddleware:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._pool: asyncpg.Pool | None = None
+        self.before_close: list[Callable[[], Awaitable[None]]] = []
+        """Run at shutdown, before the pool closes (users of the pool)."""
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -47,6 +49,8 @@ class PoolMiddleware:
         self._pool = await create_pool(dsn, self._config.database)
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        for close in self.before_close:
+            await close()
         if self._pool is not None:
             await self._pool.close()
 

@@ -118,11 +118,11 @@ INSERT_INSTANCES = """
 WITH inserted AS (
 INSERT INTO instances (series_id, sop_instance_uid, version, sop_class_uid, instance_number,
                        number_of_frames, transfer_syntax_uid, file_path, size_bytes,
-                       dataset_size, checksum, source_kind, source_ae, called_ae, source_ip,
-                       received_at)
+                       dataset_size, checksum, source_kind, source_user, source_ae, called_ae,
+                       source_ip, received_at)
 SELECT se.id, x.sop_instance_uid, x.version, x.sop_class_uid, x.instance_number,
        x.number_of_frames, x.transfer_syntax_uid, x.file_path, x.size_bytes, x.dataset_size,
-       x.checksum, x.source_kind,
+       x.checksum, x.source_kind, x.source_user,
        x.source_ae, x.called_ae, x.source_ip, x.received_at
 FROM staging_instances x JOIN series se ON se.series_instance_uid = x.series_instance_uid
 ORDER BY x.seq

@@ -55,6 +55,7 @@ STAGING_COLUMNS = (
     ("dataset_size", "bigint"),
     ("checksum", "text"),
     ("source_kind", "text"),
+    ("source_user", "text"),
     ("source_ae", "text"),
     ("called_ae", "text"),
     ("source_ip", "inet"),
@@ -78,6 +79,8 @@ class Provenance:
     checksum: str
     source_kind: str = "dimse"
     """How it came in (dicomgw.ingest.source.SourceKind)."""
+    source_user: str | None = None
+    """The account that sent it over HTTP (STOW-RS, uploads)."""
     source_ae: str | None
     called_ae: str | None
     source_ip: str | None

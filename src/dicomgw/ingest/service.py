@@ -96,10 +96,18 @@ class Ingest:
         self.failures: dict[int, int] = {}
 
     def begin(
-        self, source: Source, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+        self,
+        source: Source,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        *,
+        study_instance_uid: str | None = None,
     ) -> Admission:
         """Admit one instance: a file in ``incoming/`` with its Part 10 header
-        written, for the data set to be streamed into; or a refusal."""
+        written, for the data set to be streamed into; or a refusal.
+        ``study_instance_uid``: the instance must belong to that study (STOW-RS
+        to ``/studies/{study}``)."""
         if not self._disk.accepting():
             return self.refuse(
                 OUT_OF_RESOURCES,
@@ -122,6 +130,7 @@ class Ingest:
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
             transfer_syntax=transfer_syntax,
+            study_instance_uid=study_instance_uid,
             header=header,
             incoming=incoming,
         )
@@ -147,10 +156,12 @@ class Pending:
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax: str,
+        study_instance_uid: str | None,
         header: bytes,
         incoming: Incoming,
     ) -> None:
         self._ingest = ingest
+        self._study_instance_uid = study_instance_uid
         self._source = source
         self._sop_class_uid = sop_class_uid
         self._sop_instance_uid = sop_instance_uid
@@ -239,6 +250,11 @@ class Pending:
                 return Result(DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{name} missing")
             if not is_valid_uid(uid):
                 return Result(DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{name} is not a valid UID")
+        wanted = self._study_instance_uid
+        if wanted is not None and self._attributes.ascii(tags.STUDY_INSTANCE_UID) != wanted:
+            return Result(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS, f"not in study {wanted}, the request's study"
+            )
         return None
 
     def _record(self, dataset: ReceivedDataSet, relative: str) -> InstanceRecord:
@@ -254,6 +270,7 @@ class Pending:
                 dataset_size=dataset.size,
                 checksum=f"{CHECKSUM_PREFIX}{dataset.crc32c:08x}",
                 source_kind=source.kind,
+                source_user=source.user,
                 source_ae=source.ae_title,
                 called_ae=source.called_ae,
                 source_ip=source.address,

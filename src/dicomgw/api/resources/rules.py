@@ -32,8 +32,8 @@ from dicomgw.api.resources.destinations import (
 )
 from dicomgw.api.validation import body_of
 from dicomgw.config import Route
-from dicomgw.forward.rules import Rule, RuleError, load_rules, route
 from dicomgw.index.records import InstanceRecord
+from dicomgw.ingest.routing import Rule, RuleError, load_rules, route
 
 FIELDS = dict.fromkeys(Route.__struct_fields__, object)
 
@@ -268,8 +268,8 @@ class RuleOrderResource:
 
 INSTANCE = """
 SELECT i.id, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_path,
-       i.size_bytes, i.dataset_size, i.checksum, i.source_kind, i.source_ae, i.called_ae,
-       host(i.source_ip) AS source_ip, NULL AS association_id, i.received_at,
+       i.size_bytes, i.dataset_size, i.checksum, i.source_kind, i.source_user, i.source_ae,
+       i.called_ae, host(i.source_ip) AS source_ip, NULL AS association_id, i.received_at,
        'stored' AS event, i.instance_number, i.number_of_frames,
        se.series_instance_uid, se.modality, se.series_number, se.series_description,
        st.study_instance_uid, st.patient_id, st.patient_name, st.patient_birth_date,

@@ -1,5 +1,6 @@
-"""How each instance came in (dimse, stow, upload, retrieve, reindex): the ingest
-interface's provenance, kept with the index row.
+"""How each instance came in (dimse, stow, upload, retrieve, reindex) and, over
+HTTP, which account sent it: the ingest interface's provenance, kept with the
+index row.
 
 Revision ID: 0008
 Revises: 0007
@@ -18,9 +19,10 @@ def upgrade() -> None:
     op.execute(
         "ALTER TABLE instances ADD COLUMN source_kind text NOT NULL DEFAULT 'dimse' "
         "CONSTRAINT instances_source_kind CHECK "
-        "(source_kind IN ('dimse', 'stow', 'upload', 'retrieve', 'reindex'))"
+        "(source_kind IN ('dimse', 'stow', 'upload', 'retrieve', 'reindex')), "
+        "ADD COLUMN source_user text"
     )
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE instances DROP COLUMN source_kind")
+    op.execute("ALTER TABLE instances DROP COLUMN source_kind, DROP COLUMN source_user")
