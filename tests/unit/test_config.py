@@ -110,7 +110,11 @@ def test_unknown_env_override_is_rejected(tmp_path: Path, var: str) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [
-        ("nope: 1", "nope", "unknown key; allowed here: api, database, destinations, dicomweb, dimse"),
+        (
+            "nope: 1",
+            "nope",
+            "unknown key; allowed here: api, database, destinations, dicomweb, dimse",
+        ),
         ("dimse: {prot: 1}", "dimse.prot", "allowed here: accepted_sop_classes, accepted_transfer"),
         ("database: {pool_min_size: 0}", "database.pool_min_size", ">= 1"),
         ("database: {pool_min_size: 5, pool_max_size: 2}", "database", "pool_min_size (5)"),
@@ -266,6 +270,12 @@ def test_documented_destinations_example_loads(tmp_path: Path) -> None:
             "auth 'basic' needs username and password",
         ),
         (
+            "destinations: [{name: a, type: stowrs, url: 'http://pacs.example.org/dicomweb',"
+            " auth: bearer, token: t}]",
+            "destinations[0]",
+            "over plain http:// to pacs.example.org would send the credentials in clear text",
+        ),
+        (
             "destinations: [{name: a, type: dimse, ae_title: X, host: h, port: 1, bogus: 1}]",
             "destinations[0].bogus",
             "unknown key; allowed here: ae_title",
@@ -284,3 +294,23 @@ def test_destination_and_route_errors_name_the_key(
     err = error_for(tmp_path, text)
     assert err.key == key
     assert fragment in str(err)
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "{name: a, type: stowrs, url: 'https://pacs.example.org', auth: bearer, token: t}",
+        "{name: a, type: stowrs, url: 'http://127.0.0.1:8042', auth: bearer, token: t}",
+        "{name: a, type: stowrs, url: 'http://localhost/dicomweb', auth: basic,"
+        " username: u, password: p}",
+        "{name: a, type: stowrs, url: 'http://pacs.lan', auth: bearer, token: t,"
+        " allow_plain_http_credentials: true}",
+        "{name: a, type: stowrs, url: 'http://pacs.lan'}",
+    ],
+)
+def test_credentials_in_clear_only_to_loopback_or_when_allowed(
+    tmp_path: Path, destination: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"destinations: [{destination}]\n")
+    assert len(load_config(path).destinations) == 1
