@@ -136,6 +136,16 @@ def test_service_runs_its_role_as_dicomgw_with_notify(name: str) -> None:
     assert int(service["LimitNOFILE"][0]) >= 65536
 
 
+@pytest.mark.parametrize("name", SERVICES)
+def test_restarts_never_give_up_and_each_role_is_bounded(name: str) -> None:
+    unit = parse(UNITS / name)
+    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
+    service = unit["Service"]
+    assert service["Restart"] == ["on-failure"]
+    for key in ("MemoryHigh", "MemoryMax", "TasksMax"):
+        assert service[key] and service[key][0] not in ("", "infinity"), key
+
+
 def test_every_service_has_the_same_hardening() -> None:
     blocks = {name: hardening(UNITS / name) for name in SERVICES}
     first = blocks[SERVICES[0]]
