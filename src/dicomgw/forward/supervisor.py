@@ -556,28 +556,15 @@ class Forwarder:
         not after the lease runs out."""
         host = socket.gethostname()
         async with self._pool.acquire() as conn:
-            owners = await conn.fetch(
-                "SELECT DISTINCT lease_owner FROM forward_jobs WHERE state = 'leased'"
-            )
             dead = [
-                r["lease_owner"]
-                for r in owners
-                if r["lease_owner"] and _dead_owner(r["lease_owner"].rsplit("/", 2)[0], host)
+                owner
+                for owner in await jobs.lease_owners(conn)
+                if _dead_owner(owner.rsplit("/", 2)[0], host)
             ]
-            if dead:
-                result = await conn.fetch(
-                    "UPDATE forward_jobs SET state = 'pending', lease_owner = NULL, "
-                    "lease_expires_at = NULL, updated_at = now() "
-                    "WHERE state = 'leased' AND lease_owner = ANY($1::text[]) "
-                    "RETURNING destination_id",
-                    dead,
-                )
+            if dead and (released := await jobs.release_owners(conn, dead)):
                 log.warning(
-                    "forwarder: jobs of a stopped forwarder reclaimed",
-                    extra={"jobs": len(result)},
+                    "forwarder: jobs of a stopped forwarder reclaimed", extra={"jobs": released}
                 )
-                for dest_id in {r["destination_id"] for r in result}:
-                    await jobs.notify(conn, dest_id)
 
     async def _purge_history(self) -> None:
         """Hourly: jobs finished more than forwarder.history_days ago."""

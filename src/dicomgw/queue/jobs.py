@@ -1,6 +1,10 @@
 """Forward jobs: claim under a lease, finish with retry/backoff/dead-letter, and
 the operator's actions (retry, cancel, replay).
 
+This module owns the ``forward_jobs`` table: every change to a job goes through
+it, save one: the index writer inserts an instance's new jobs in the statement
+that inserts the instance (index/batcher.py), so that both commit together.
+
 A worker claims due jobs with ``FOR UPDATE SKIP LOCKED`` in one short
 transaction, marking them 'leased' until ``lease_expires_at``; it sends outside
 any transaction, :func:`renew` s its leases while it sends, and records each
@@ -216,6 +220,38 @@ async def reclaim_expired(conn: asyncpg.Connection) -> int:
     for destination_id in {r["destination_id"] for r in rows}:
         await notify(conn, destination_id)
     return len(rows)
+
+
+async def lease_owners(conn: asyncpg.Connection) -> list[str]:
+    """The workers that hold leases now."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT lease_owner FROM forward_jobs "
+        "WHERE state = 'leased' AND lease_owner IS NOT NULL"
+    )
+    return [r["lease_owner"] for r in rows]
+
+
+async def release_owners(conn: asyncpg.Connection, owners: Sequence[str]) -> int:
+    """Return the leased jobs of ``owners`` (workers known dead) to 'pending' now,
+    not when their leases run out; how many."""
+    rows = await conn.fetch(
+        "UPDATE forward_jobs SET state = 'pending', lease_owner = NULL, "
+        "lease_expires_at = NULL, updated_at = now() "
+        "WHERE state = 'leased' AND lease_owner = ANY($1::text[]) "
+        "RETURNING destination_id",
+        list(owners),
+    )
+    for destination_id in {r["destination_id"] for r in rows}:
+        await notify(conn, destination_id)
+    return len(rows)
+
+
+async def state_for_update(conn: asyncpg.Connection, job_id: int) -> str | None:
+    """A job's state, the row locked until the transaction ends; None if there is none."""
+    state: str | None = await conn.fetchval(
+        "SELECT state FROM forward_jobs WHERE id = $1 FOR UPDATE", job_id
+    )
+    return state
 
 
 async def next_due(conn: asyncpg.Connection, destination_id: int) -> float | None:

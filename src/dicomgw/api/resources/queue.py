@@ -177,9 +177,7 @@ class JobsResource:
     ) -> None:
         action, done = verbs
         async with self._pools.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval(
-                "SELECT state FROM forward_jobs WHERE id = $1 FOR UPDATE", job_id
-            )
+            state = await jobs.state_for_update(conn, job_id)
             if state is None:
                 raise not_found(f"job {job_id}")
             if not await apply(conn, [job_id]):
