@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
@@ -220,12 +221,35 @@ class StowDestination(_Destination, frozen=True, kw_only=True, tag="stowrs", tag
     tls_ca_file: str | None = None
     instances_per_request: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
     timeout_s: Seconds = 60.0
+    allow_plain_http_credentials: bool = False
+    """Send the credentials over plain ``http://`` to a host that is not this one
+    (they travel readable by anyone on the path). Off: such a destination is refused."""
 
     def __post_init__(self) -> None:
         if self.auth == "basic" and (self.username is None or self.password is None):
             raise ValueError("auth 'basic' needs username and password")
         if self.auth == "bearer" and self.token is None:
             raise ValueError("auth 'bearer' needs token")
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        if (
+            self.auth != "none"
+            and self.url.lower().startswith("http://")
+            and not _loopback(host)
+            and not self.allow_plain_http_credentials
+        ):
+            raise ValueError(
+                f"auth '{self.auth}' over plain http:// to {host} would send the credentials "
+                "in clear text: use https://, or set allow_plain_http_credentials: true"
+            )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 Destination = DimseDestination | StowDestination
