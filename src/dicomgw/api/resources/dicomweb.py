@@ -1,6 +1,9 @@
-"""DICOMweb (PS3.18) under ``/dicom-web``: STOW-RS, Store Instances (PS3.18 10.5).
+"""DICOMweb (PS3.18) under ``/dicom-web``: STOW-RS, Store Instances (PS3.18 10.5),
+and QIDO-RS, Search (PS3.18 10.6).
 
-A thin HTTP adapter: the ``multipart/related`` body is read as it arrives
+Thin HTTP adapters. QIDO-RS: the request is parsed into a query of
+``dicomgw.query`` (the one search module), answered as DICOM JSON. STOW-RS:
+the ``multipart/related`` body is read as it arrives
 (api/multipart.py), each part is a Part 10 file streamed into ingest
 (ingest/part10_stream.py), the very path a C-STORE takes: Part 10 checks,
 fsync, index rows and forward jobs by the routing rules in one commit,
@@ -27,6 +30,8 @@ from dicomgw.dimse.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, s
 from dicomgw.ingest.part10_stream import Part10Stream
 from dicomgw.ingest.service import Result
 from dicomgw.ingest.source import Source
+from dicomgw.query.attributes import Level
+from dicomgw.query.search import MAX_LIMIT, QueryError, dicom_json, parse_qido, search
 from dicomgw.ul.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -49,12 +54,91 @@ def add_routes(app: App, api: ApiContext) -> None:
     store = StoreInstancesResource(api)
     app.add_route(f"{ROOT}/studies", store)
     app.add_route(f"{ROOT}/studies/{{study}}", store, suffix="study")
+    # PS3.18 10.6.1 Table 10.6.1-2: the search resources.
+    app.add_route(f"{ROOT}/series", SearchResource(api, "series"))
+    app.add_route(f"{ROOT}/instances", SearchResource(api, "instance"))
+    app.add_route(f"{ROOT}/studies/{{study}}/series", SearchResource(api, "series"))
+    app.add_route(f"{ROOT}/studies/{{study}}/instances", SearchResource(api, "instance"))
+    app.add_route(
+        f"{ROOT}/studies/{{study}}/series/{{series}}/instances", SearchResource(api, "instance")
+    )
+
+
+READERS = ("viewer", "operator")
+
+
+class SearchResource:
+    """QIDO-RS at one level; the path's UIDs restrict it (PS3.18 10.6)."""
+
+    def __init__(self, api: ApiContext, level: Level) -> None:
+        self._api = api
+        self._level = level
+
+    @allow(*READERS)
+    async def on_get(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        study: str | None = None,
+        series: str | None = None,
+    ) -> None:
+        """PS3.18 10.6: Search for studies, series or instances."""
+        _accepts_dicom_json(req)
+        within = {}
+        for keyword, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
+            if uid is not None:
+                if not is_valid_uid(uid):
+                    raise Problem(404, "not-found", "Not found", f"'{uid[:80]}' is not a UID")
+                within[keyword] = uid
+        try:
+            query = parse_qido(self._level, req.params, within)
+        except QueryError as exc:
+            raise Problem(400, "bad-query", "Bad query", str(exc), field=exc.key) from None
+        async with self._api.pools.pool.acquire() as conn:
+            rows, more = await search(conn, query)
+            await audit_request(
+                conn,
+                req,
+                f"qido.{self._level}",
+                "studies" if study is None else f"study {study}",
+                {"query": dict(req.params), "matches": len(rows)},
+                event_id=audit.QUERY,
+            )
+        root = req.forwarded_prefix + ROOT
+        returned = query.returned()
+        resp.content_type = DICOM_JSON
+        resp.data = orjson.dumps([dicom_json(r, returned, self._level, root) for r in rows])
+        if more and query.limited_by_server:
+            # PS3.18 8.3.4.4.1: the origin server says when it cut the answer.
+            resp.set_header(
+                "Warning",
+                f'299 dicom-gw: "There are more than {len(rows)} results: ask again with '
+                f'offset={query.offset + len(rows)} (at most {MAX_LIMIT} a request)"',
+            )
+
+
+def _accepts_dicom_json(req: falcon.asgi.Request) -> None:
+    """406 unless the client takes DICOM JSON (or JSON, or anything)."""
+    accept = req.get_header("Accept")
+    if accept and not any(req.client_accepts(kind) for kind in (DICOM_JSON, "application/json")):
+        raise Problem(
+            406,
+            "not-acceptable",
+            "Not acceptable",
+            f"'{accept[:80]}': the search answers {DICOM_JSON} only (XML is not offered)",
+        )
 
 
 class StoreInstancesResource:
     def __init__(self, api: ApiContext) -> None:
         self._api = api
         self._max_bytes = api.config.dicomweb.max_stow_bytes
+        self._search = SearchResource(api, "study")
+
+    @allow(*READERS)
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """PS3.18 10.6: Search for studies."""
+        await self._search.on_get(req, resp)
 
     @allow("operator")
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
