@@ -26,6 +26,7 @@ from dicomgw.api.auth import allow
 from dicomgw.api.context import ApiContext, App
 from dicomgw.api.multipart import MultipartError, MultipartReader, PartData, PartEnd, PartStart
 from dicomgw.api.problems import Problem
+from dicomgw.api.resources.wado import RetrieveResource
 from dicomgw.dimse.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, status_category
 from dicomgw.ingest.part10_stream import Part10Stream
 from dicomgw.ingest.service import Result
@@ -54,6 +55,14 @@ def add_routes(app: App, api: ApiContext) -> None:
     store = StoreInstancesResource(api)
     app.add_route(f"{ROOT}/studies", store)
     app.add_route(f"{ROOT}/studies/{{study}}", store, suffix="study")
+    # PS3.18 10.4: retrieve a series or an instance (a study: GET on the route above).
+    retrieve = RetrieveRoutes(store.retrieve)
+    app.add_route(f"{ROOT}/studies/{{study}}/series/{{series}}", retrieve, suffix="series")
+    app.add_route(
+        f"{ROOT}/studies/{{study}}/series/{{series}}/instances/{{instance}}",
+        retrieve,
+        suffix="instance",
+    )
     # PS3.18 10.6.1 Table 10.6.1-2: the search resources.
     app.add_route(f"{ROOT}/series", SearchResource(api, "series"))
     app.add_route(f"{ROOT}/instances", SearchResource(api, "instance"))
@@ -129,11 +138,45 @@ def _accepts_dicom_json(req: falcon.asgi.Request) -> None:
         )
 
 
+class RetrieveRoutes:
+    """WADO-RS of a series or an instance (api/resources/wado.py does the work)."""
+
+    def __init__(self, retrieve: RetrieveResource) -> None:
+        self._retrieve = retrieve
+
+    @allow(*READERS)
+    async def on_get_series(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, study: str, series: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Series."""
+        await self._retrieve.retrieve(req, resp, study, series)
+
+    @allow(*READERS)
+    async def on_get_instance(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        study: str,
+        series: str,
+        instance: str,
+    ) -> None:
+        """PS3.18 10.4: Retrieve Instance."""
+        await self._retrieve.retrieve(req, resp, study, series, instance)
+
+
 class StoreInstancesResource:
     def __init__(self, api: ApiContext) -> None:
         self._api = api
         self._max_bytes = api.config.dicomweb.max_stow_bytes
         self._search = SearchResource(api, "study")
+        self.retrieve = RetrieveResource(api)
+
+    @allow(*READERS)
+    async def on_get_study(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, study: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Study."""
+        await self.retrieve.retrieve(req, resp, study)
 
     @allow(*READERS)
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
