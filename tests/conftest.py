@@ -20,8 +20,9 @@ from dicomgw.db.embedded import EmbeddedPostgres
 from tests.gateway import Gateway, running
 
 # The quick lane (./dev test --quick) leaves out what is marked slow: these
-# folders (a browser, rpmbuild, systemd and nginx) and single tests marked so.
-SLOW_FOLDERS = frozenset(("e2e", "deploy"))
+# folders (a browser; rpmbuild, systemd and nginx; the fuzzers) and the modules
+# and tests marked so (whole-gateway forwarding runs, crash tests).
+SLOW_FOLDERS = frozenset(("e2e", "deploy", "fuzz"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -33,6 +34,8 @@ from tests.integration.scu import (
     send_concurrently,
 )
 from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.slow
 
 SUCCESS = 0x0000
 INSTANCES = 200

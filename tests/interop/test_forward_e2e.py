@@ -29,6 +29,8 @@ from tests.interop.conftest import Reference
 from tests.interop.corpus import Item, Peer, send_with_pynetdicom, small_images, storescu
 from tests.interop.orthanc import running_orthanc
 
+pytestmark = pytest.mark.slow
+
 # Fast retries so the tests see several attempts in seconds.
 FAST = {
     "DICOMGW_FORWARDER__BACKOFF_INITIAL_S": "0.2",
