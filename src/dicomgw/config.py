@@ -343,6 +343,16 @@ class DicomwebConfig(_Section, frozen=True):
     max_stow_bytes: Annotated[int, msgspec.Meta(ge=1)] = 8 << 30
     """The largest STOW-RS request body (a larger Content-Length is refused with 413
     before anything is read, and a body that grows past it is cut off)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins (``https://viewer.example.org``) whose pages may call /dicom-web/
+    (CORS), or ``"*"`` for any; none by default."""
+
+    def __post_init__(self) -> None:
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+/?", origin):
+                raise ValueError(
+                    f"cors_origins: '{origin}' is not an origin (scheme://host[:port]) or '*'"
+                )
 
 
 class TlsConfig(_Section, frozen=True):

@@ -20,6 +20,7 @@ import orjson
 from dicomgw.api import problems
 from dicomgw.api.auth import AuthMiddleware, Throttle
 from dicomgw.api.context import PREFIX, ROW_ID, ApiContext, App, RouteAdder, RowIdConverter
+from dicomgw.api.cors import DicomwebCors
 from dicomgw.api.ingesting import Ingesting
 from dicomgw.api.middleware import PoolMiddleware, RequestMiddleware
 from dicomgw.api.resources import (
@@ -94,6 +95,7 @@ def create_app(
             pools,
             RequestMiddleware(config.api.behind_https),
             AuthMiddleware(config.api, lambda: pools.pool),
+            DicomwebCors(config.dicomweb.cors_origins),
         ]
     )
     json_handler = falcon.media.JSONHandler(
