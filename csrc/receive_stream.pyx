@@ -24,6 +24,10 @@ cdef enum:
     # Command sets are a few hundred bytes; anything near this is an attack.
     MAX_COMMAND_LENGTH = 65536
     IOV_BATCH = 64
+    # expect_dataset's fd for a data set of which only the head is wanted.
+    HEAD_ONLY = -2
+
+HEAD_ONLY_FD = HEAD_ONLY
 
 
 cdef inline uint32_t _read_be32(const unsigned char* p) noexcept nogil:
@@ -133,7 +137,8 @@ cdef class ReceiveStream:
 
     def expect_dataset(self, int context_id, int fd):
         """The command just delivered announced a data set: write it to ``fd``
-        (-1: consume and discard it, e.g. when the store is refused anyway)."""
+        (-1: consume and discard it, e.g. when the store is refused anyway;
+        HEAD_ONLY (-2): keep only its head, e.g. a C-FIND identifier)."""
         self._dataset_context = context_id
         self._fd = fd
         self._write_errno = 0
@@ -319,13 +324,15 @@ cdef class ReceiveStream:
             return 0
         self._dataset_bytes += <uint64_t>length
         self.dataset_bytes_in += <uint64_t>length
-        if self._fd < 0:
+        if self._fd < 0 and self._fd != HEAD_ONLY:
             return 0
-        self._crc = dgw_crc32c(self._crc, src, <size_t>length)
         head_have = PyByteArray_GET_SIZE(self._head)
         if head_have < self._head_budget:
             head_take = min(self._head_budget - head_have, length)
             _pdu_append(self._head, src, head_take)
+        if self._fd < 0:
+            return 0
+        self._crc = dgw_crc32c(self._crc, src, <size_t>length)
         self._iov[self._iov_n].iov_base = <void*>src
         self._iov[self._iov_n].iov_len = <size_t>length
         self._iov_n += 1

@@ -57,6 +57,9 @@ def commit_file(
 
 # The acceptor's receive parser; see csrc/receive_stream.pyx.
 
+HEAD_ONLY_FD: int
+"""expect_dataset's fd for a data set of which only the head is kept."""
+
 class ReceiveStream:
     """Parses an association's bytes in place; P-DATA data sets go straight to a file.
 

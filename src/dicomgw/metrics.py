@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from dicomgw.certificates import CertificateError, info, read_certificates, watched
 from dicomgw.config import Config
-from dicomgw.dimse.commands import C_STORE_RQ
+from dicomgw.dimse.commands import C_FIND_RQ, C_STORE_RQ
 from dicomgw.ul import pdu
 
 if TYPE_CHECKING:
@@ -135,6 +135,18 @@ class ServeMetrics:
             buckets=STORE_BUCKETS,
             registry=registry,
         )
+        self.queries = counter(
+            "dicomgw_dimse_queries",
+            "C-FINDs answered, by final status (0x0000 success, 0xFE00 cancelled, "
+            "0xA700 too many matches, 0xA900/0xC000 refused).",
+            ["status"],
+        )
+        self.query_duration = Histogram(
+            "dicomgw_cfind_duration_seconds",
+            "From a C-FIND's identifier to its final response (every match sent).",
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
         self.index_batch_size = Histogram(
             "dicomgw_index_batch_size",
             "Instances per index transaction (count: transactions, sum: instances).",
@@ -197,7 +209,11 @@ class ServeMetrics:
     def observe_answered(self, command_field: int, seconds: float, status: int) -> None:
         """Once per DIMSE request answered; C-STOREs are timed and their failures
         counted (the refusals of malformed requests, which never reach ingest,
-        too)."""
+        too); C-FINDs are timed and counted by final status."""
+        if command_field == C_FIND_RQ:
+            self.queries.labels(f"0x{status:04X}").inc()
+            self.query_duration.observe(seconds)
+            return
         if command_field != C_STORE_RQ:
             return
         if status == 0:

@@ -20,6 +20,10 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from dicomgw.api.app import ROUTES, create_app
 from dicomgw.api.resources import metrics as metrics_resource
@@ -353,6 +357,27 @@ def refused_store(gateway: Gateway) -> tuple[set[str], int]:
     return uids | {sent.SeriesInstanceUID}, len(data)
 
 
+STUDY_QUERY = Dataset()
+STUDY_QUERY.QueryRetrieveLevel, STUDY_QUERY.StudyInstanceUID = "STUDY", ""
+
+
+def query_studies(gateway: Gateway) -> list[int]:
+    """A study-level C-FIND for everything: the statuses answered."""
+    ae = AE(ae_title="IOPQR")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", gateway.dimse_port, ae_title="DICOMGW")
+    assert assoc.is_established
+    try:
+        return [
+            int(status.Status)
+            for status, _ in assoc.send_c_find(
+                STUDY_QUERY, StudyRootQueryRetrieveInformationModelFind
+            )
+        ]
+    finally:
+        assoc.release()
+
+
 def api_traffic(gateway: Gateway) -> None:
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.api_port}/api/v1") as client:
         login = client.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
@@ -386,12 +411,14 @@ def test_one_scrape_shows_every_role(
             destinations_yaml(peer.port, down_port),
             DICOMGW_API__METRICS_TOKEN=TOKEN,
             DICOMGW_API__WORKERS="2",
+            DICOMGW_DIMSE__QUERY_AE_TITLES="[IOPQR]",
             **FAST,
         )
         gateway.start()
         items = small_images(tmp_path, 5)
         outcomes = send_with_pynetdicom(items, gateway.dimse_port)
         assert set(outcomes.values()) == {0}, outcomes
+        assert query_studies(gateway) == [0xFF00, 0x0000]
         rejected_association(gateway)
         refused_uids, refused_size = refused_store(gateway)
         api_traffic(gateway)
@@ -412,17 +439,23 @@ def test_one_scrape_shows_every_role(
 
     # The receiver.
     assert value(samples, "dicomgw_instances_received_total", outcome="stored") == n
-    assert value(samples, "dicomgw_associations_total") == 2
+    assert value(samples, "dicomgw_associations_total") == 3  # stores, the refused one, C-FIND
     assert value(samples, "dicomgw_associations_active") == 0
     assert gateway.dsn is not None
     with psycopg.connect(gateway.dsn) as conn:
         row = conn.execute("SELECT sum(dataset_size) FROM instances").fetchone()
     sizes = float(row[0]) if row else 0.0
-    assert value(samples, "dicomgw_received_dataset_bytes_total") == sizes + refused_size
+    identifier = encode(STUDY_QUERY, True, True)  # a C-FIND's data set is received too
+    assert identifier is not None
+    assert value(samples, "dicomgw_received_dataset_bytes_total") == (
+        sizes + refused_size + len(identifier)
+    )
     assert cast(float, value(samples, "dicomgw_received_bytes_total")) > sizes
     assert value(samples, "dicomgw_cstore_duration_seconds_count", outcome="success") == n
     assert value(samples, "dicomgw_cstore_duration_seconds_count", outcome="failure") == 1
     assert value(samples, "dicomgw_store_failures_total", status="0xA900") == 1
+    assert value(samples, "dicomgw_dimse_queries_total", status="0x0000") == 1
+    assert value(samples, "dicomgw_cfind_duration_seconds_count") == 1
     assert value(samples, "dicomgw_index_batch_size_sum") == n
     assert cast(float, value(samples, "dicomgw_index_batch_size_count")) >= 1
     assert cast(float, value(samples, "dicomgw_index_batch_duration_seconds_count")) >= 1

@@ -22,7 +22,7 @@ from dicomgw.dimse.commands import (
 from dicomgw.dimse.status import SUCCESS
 from dicomgw.ingest.dataset import ReceivedDataSet
 from dicomgw.services.echo import VerificationService
-from dicomgw.services.provider import Operation, Response, ServiceProvider
+from dicomgw.services.provider import Operation, Replies, Response, ServiceProvider
 from dicomgw.ul.pdu import ABORT_UNRECOGNIZED_PDU_PARAMETER
 from dicomgw.ul.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -41,10 +41,17 @@ class ScriptedLink:
     sent: list[tuple[int, Command]] = field(default_factory=list)
     expected: list[tuple[int, int]] = field(default_factory=list)
     aborted: list[int] = field(default_factory=list)
+    datasets: list[tuple[int, bytes]] = field(default_factory=list)
     settlements: int = 0
 
     def send_command(self, context_id: int, command: bytes) -> None:
         self.sent.append((context_id, decode_command(command)))
+
+    def send_dataset(self, context_id: int, dataset: bytes) -> None:
+        self.datasets.append((context_id, dataset))
+
+    async def writable(self) -> None:
+        pass
 
     def expect_dataset(self, context_id: int, fd: int) -> None:
         self.expected.append((context_id, fd))
@@ -66,7 +73,7 @@ class HeldStore:
     abandoned: bool = False
     dataset: ReceivedDataSet | None = None
 
-    async def finish(self, dataset: ReceivedDataSet | None) -> Response:
+    async def finish(self, dataset: ReceivedDataSet | None, replies: Replies) -> Response:
         self.dataset = dataset
         await self.release.wait()
         response = encode_c_store_rsp(
@@ -76,6 +83,9 @@ class HeldStore:
             SUCCESS,
         )
         return Response(response, SUCCESS)
+
+    def cancel(self) -> None:
+        pass  # PS3.7 9.3.2.3: C-CANCEL is for C-FIND, C-GET and C-MOVE
 
     def abandon(self) -> None:
         self.abandoned = True

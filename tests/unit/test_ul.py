@@ -12,6 +12,7 @@ from dicomgw.ul.pdu import (
     PDU_NAMES,
     a_abort,
     p_data_command,
+    p_data_dataset,
     p_data_headers,
 )
 from dicomgw.ul.uids import is_valid_uid
@@ -78,3 +79,26 @@ def test_pdu_names_are_the_standards() -> None:
 )
 def test_one_uid_rule(uid: str, valid: bool) -> None:
     assert is_valid_uid(uid) is valid
+
+
+@pytest.mark.parametrize(
+    ("size", "peer_max_pdu", "pdus"),
+    [(0, 16384, 1), (100, 16384, 1), (40, 16, 4), (30, 16, 3), (5000, 0, 1)],
+)
+def test_p_data_dataset_fragments_within_the_peers_maximum(
+    size: int, peer_max_pdu: int, pdus: int
+) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    wire, got, flags = p_data_dataset(3, data, peer_max_pdu), b"", []
+    while wire:
+        pdu = P_DATA_TF()
+        length = int.from_bytes(wire[2:6], "big")
+        assert peer_max_pdu == 0 or length <= peer_max_pdu
+        pdu.decode(wire[: 6 + length])
+        wire = wire[6 + length :]
+        (item,) = pdu.presentation_data_value_items
+        assert item.presentation_context_id == 3
+        flags.append(item.presentation_data_value[0])
+        got += item.presentation_data_value[1:]
+    assert got == data
+    assert flags == [0x00] * (pdus - 1) + [MCH_LAST]  # data set fragments, the last marked

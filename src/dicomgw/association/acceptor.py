@@ -55,6 +55,7 @@ from dicomgw.ul.pdu import (
     PDATA_MARGIN,
     a_abort,
     p_data_command,
+    p_data_dataset,
 )
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,18 @@ class Link(Protocol):
         """Send a response command set (one P-DATA-TF), if the association is up."""
         ...
 
+    def send_dataset(self, context_id: int, dataset: bytes) -> None:
+        """Send a response's data set (an identifier), fragmented for the peer."""
+        ...
+
+    async def writable(self) -> None:
+        """Return once the peer has taken what was sent (flow control for
+        services that answer with many messages); at once if the association ended."""
+        ...
+
     def expect_dataset(self, context_id: int, fd: int) -> None:
-        """The data set that follows goes to ``fd`` (-1: read and discarded)."""
+        """The data set that follows goes to ``fd`` (-1: read and discarded;
+        _core.HEAD_ONLY_FD: only its head is kept, for a small data set such as an identifier)."""
         ...
 
     def abort(self, reason: int) -> None:
@@ -225,6 +236,8 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._handler: MessageHandler | None = None
         """The DIMSE messages' handler, once the association is established."""
         self._release_requested = False
+        self._drained: asyncio.Future[None] | None = None
+        """Set while the transport's buffer is over its high-water mark."""
         self._last_activity = time.monotonic()
         self.assoc_id = f"a{next(_ids)}"
 
@@ -281,6 +294,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             self._limits.release(self._host)
             self._admitted = False
         self._state = "Sta1"
+        self.resume_writing()  # a writer waiting on a dead transport goes on, to its end
         self._counters.close(self._stream)
         log.info(
             "connection closed",
@@ -383,6 +397,22 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
     def send_command(self, context_id: int, command: bytes) -> None:
         if self._state == "Sta6":
             self._write(p_data_command(context_id, command))
+
+    def send_dataset(self, context_id: int, dataset: bytes) -> None:
+        if self._state == "Sta6" and self._peer is not None:
+            self._write(p_data_dataset(context_id, dataset, self._peer.acceptance.peer_max_pdu))
+
+    async def writable(self) -> None:
+        if self._drained is not None:
+            await self._drained
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def expect_dataset(self, context_id: int, fd: int) -> None:
         self._stream.expect_dataset(context_id, fd)

@@ -40,8 +40,11 @@ from dicomgw.ul.pdu import (
 )
 from dicomgw.ul.uids import (
     APPLICATION_CONTEXT_NAME,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    FIND_SOP_CLASSES,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     VERIFICATION_SOP_CLASS,
     is_valid_uid,
 )
@@ -66,6 +69,9 @@ class Rejection:
         pdu = A_ASSOCIATE_RJ()
         pdu.result, pdu.source, pdu.reason_diagnostic = self.result, self.source, self.reason
         return bytes(pdu.encode())
+
+
+_NOT_STORAGE = FIND_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +164,19 @@ def _is_storage(abstract_syntax: str) -> bool:
     return service is StorageServiceClass or service is ServiceClass
 
 
+def may_query(calling_ae_title: str, config: DimseConfig) -> bool:
+    """Whether this peer may query what is stored (``dimse.query_ae_titles``)."""
+    allowed = {ae.strip() for ae in config.query_ae_titles}
+    return "*" in allowed or calling_ae_title in allowed
+
+
+# NOTE: identifiers are small and parsed with pydicom: the two little endian
+# syntaxes every requestor proposes are enough (PS3.5 10.1 makes implicit the default).
+_QUERY_SYNTAXES = (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
 def _supported_contexts(
-    proposed: Iterable[PresentationContext], config: DimseConfig
+    proposed: Iterable[PresentationContext], config: DimseConfig, calling_ae_title: str
 ) -> list[PresentationContext]:
     """Acceptor contexts for what was proposed: our policy over the proposal.
 
@@ -169,12 +186,16 @@ def _supported_contexts(
     """
     allowed_sop = set(config.accepted_sop_classes)
     allowed_ts = list(config.accepted_transfer_syntaxes)
+    query = may_query(calling_ae_title, config)
     proposed_ts: dict[str, list[str]] = {}
     for rq in proposed:
         uid = str(rq.abstract_syntax)
         if not is_valid_uid(uid):
             continue
-        if uid != VERIFICATION_SOP_CLASS:
+        if uid in FIND_SOP_CLASSES:
+            if not query:
+                continue
+        elif uid != VERIFICATION_SOP_CLASS:
             if allowed_sop and uid not in allowed_sop:
                 continue
             if not allowed_sop and not _is_storage(uid):
@@ -191,7 +212,8 @@ def _supported_contexts(
         cx.abstract_syntax = UID(uid)
         # NOTE: the data set is stored as received, so any transfer syntax costs
         # the same; by default take the requestor's first (its preference).
-        cx.transfer_syntax = [ts for ts in (allowed_ts or syntaxes) if ts in syntaxes]
+        preferred = _QUERY_SYNTAXES if uid in FIND_SOP_CLASSES else allowed_ts or syntaxes
+        cx.transfer_syntax = [ts for ts in preferred if ts in syntaxes]
         if cx.transfer_syntax:
             cx.scu_role, cx.scp_role = None, None
             supported.append(cx)
@@ -234,7 +256,9 @@ def negotiate(request: Request, config: DimseConfig, max_pdu: int) -> Acceptance
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
     }
     results, role_replies = negotiate_as_acceptor(
-        proposed, _supported_contexts(proposed, config), roles or None
+        proposed,
+        _supported_contexts(proposed, config, request.calling_ae_title),
+        roles or None,
     )
     peer = peer_user_information(primitive.user_information)
 
@@ -243,7 +267,7 @@ def negotiate(request: Request, config: DimseConfig, max_pdu: int) -> Acceptance
             context_id=cx.context_id or 0,
             abstract_syntax=str(cx.abstract_syntax),
             transfer_syntax=str(cx.transfer_syntax[0]),
-            is_storage=str(cx.abstract_syntax) != VERIFICATION_SOP_CLASS,
+            is_storage=str(cx.abstract_syntax) not in _NOT_STORAGE,
         )
         for cx in results
         if cx.result == 0x00

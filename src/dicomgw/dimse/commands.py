@@ -336,11 +336,7 @@ def encode_c_store_rsp(
     success; it is cut to 64 characters and made LO-safe (ASCII, no backslash
     or control characters) rather than refused, since it is only informative.
     """
-    comment = b""
-    if error_comment and status != SUCCESS:
-        text = error_comment.translate(_LO_UNSAFE).strip(" ")[:MAX_ERROR_COMMENT].rstrip(" ")
-        if text:
-            comment = _text(_ERROR_COMMENT, text.encode("ascii", "replace"), b" ")
+    comment = _error_comment(status, error_comment)
     return _command_set(
         _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid) if affected_sop_class_uid else b"",
         _us(_COMMAND_FIELD, C_STORE_RSP),
@@ -352,6 +348,58 @@ def encode_c_store_rsp(
         if affected_sop_instance_uid
         else b"",
     )
+
+
+def encode_c_find_rq(
+    message_id: int, affected_sop_class_uid: str, *, priority: int = PRIORITY_MEDIUM
+) -> bytes:
+    """C-FIND-RQ, PS3.7 9.3.2.1 Table 9.3-3; the identifier follows as its data set."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _us(_COMMAND_FIELD, C_FIND_RQ),
+        _us(_MESSAGE_ID, message_id),
+        _us(_PRIORITY, priority),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT),
+    )
+
+
+def encode_c_cancel_rq(message_id_being_responded_to: int) -> bytes:
+    """C-CANCEL-RQ, PS3.7 9.3.2.3 Table 9.3-7 (for C-FIND, C-GET and C-MOVE)."""
+    return _command_set(
+        _us(_COMMAND_FIELD, C_CANCEL_RQ),
+        _us(_MESSAGE_ID_BEING_RESPONDED_TO, message_id_being_responded_to),
+        _us(_COMMAND_DATA_SET_TYPE, NO_DATA_SET),
+    )
+
+
+def encode_c_find_rsp(
+    message_id_being_responded_to: int,
+    affected_sop_class_uid: str,
+    status: int,
+    *,
+    identifier: bool = False,
+    error_comment: str | None = None,
+) -> bytes:
+    """C-FIND-RSP, PS3.7 9.3.2.2 Table 9.3-5: ``identifier`` says a match follows
+    (pending responses only); ``error_comment`` as for C-STORE-RSP."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _us(_COMMAND_FIELD, C_FIND_RSP),
+        _us(_MESSAGE_ID_BEING_RESPONDED_TO, message_id_being_responded_to),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT if identifier else NO_DATA_SET),
+        _us(_STATUS, status),
+        _error_comment(status, error_comment),
+    )
+
+
+def _error_comment(status: int, error_comment: str | None) -> bytes:
+    """(0000,0902) Error Comment: left out on success; cut to 64 characters and made
+    LO-safe (ASCII, no backslash or control characters) rather than refused, since
+    it is only informative."""
+    if not error_comment or status == SUCCESS:
+        return b""
+    text = error_comment.translate(_LO_UNSAFE).strip(" ")[:MAX_ERROR_COMMENT].rstrip(" ")
+    return _text(_ERROR_COMMENT, text.encode("ascii", "replace"), b" ") if text else b""
 
 
 def _command_set(*elements: bytes) -> bytes:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Level = Literal["study", "series", "instance"]
+Level = Literal["patient", "study", "series", "instance"]
+"""The patient level is C-FIND's (Patient Root); QIDO-RS searches the other three."""
 Kind = Literal["uid", "text", "person", "code", "date", "time", "integer", "modalities"]
 """How a query value is matched (PS3.4 C.2.2.2): UIDs by list, text and codes by
 value or wildcard, person names the same without regard to case, dates and
@@ -24,6 +25,8 @@ class Attribute:
     kind: Kind
     default: bool = True
     """Returned without includefield (PS3.18 Tables 10.6.3-3..5)."""
+    patient: bool = False
+    """A patient's attribute (PS3.4 C.6.1.1.2): matched and returned at the patient level."""
 
 
 ATTRIBUTES = (
@@ -35,10 +38,12 @@ ATTRIBUTES = (
         "00080090", "ReferringPhysicianName", "PN", "study", "st.referring_physician_name", "person"
     ),
     Attribute("00081030", "StudyDescription", "LO", "study", "st.study_description", "text"),
-    Attribute("00100010", "PatientName", "PN", "study", "st.patient_name", "person"),
-    Attribute("00100020", "PatientID", "LO", "study", "st.patient_id", "text"),
-    Attribute("00100030", "PatientBirthDate", "DA", "study", "st.patient_birth_date", "text"),
-    Attribute("00100040", "PatientSex", "CS", "study", "st.patient_sex", "code"),
+    Attribute("00100010", "PatientName", "PN", "study", "st.patient_name", "person", patient=True),
+    Attribute("00100020", "PatientID", "LO", "study", "st.patient_id", "text", patient=True),
+    Attribute(
+        "00100030", "PatientBirthDate", "DA", "study", "st.patient_birth_date", "text", patient=True
+    ),
+    Attribute("00100040", "PatientSex", "CS", "study", "st.patient_sex", "code", patient=True),
     Attribute("0020000D", "StudyInstanceUID", "UI", "study", "st.study_instance_uid", "uid"),
     Attribute("00201206", "NumberOfStudyRelatedSeries", "IS", "study", "st.num_series", "integer"),
     Attribute(
@@ -65,8 +70,23 @@ ATTRIBUTES = (
         default=False,
     ),
 )
+PATIENT_COUNTS = (
+    # PS3.4 C.6.1.1.2: answered at the patient level, not matched on.
+    Attribute("00201200", "NumberOfPatientRelatedStudies", "IS", "patient", "count(*)", "integer"),
+    Attribute(
+        "00201202", "NumberOfPatientRelatedSeries", "IS", "patient", "sum(st.num_series)", "integer"
+    ),
+    Attribute(
+        "00201204",
+        "NumberOfPatientRelatedInstances",
+        "IS",
+        "patient",
+        "sum(st.num_instances)",
+        "integer",
+    ),
+)
 BY_NAME = {a.keyword: a for a in ATTRIBUTES} | {a.tag: a for a in ATTRIBUTES}
-LEVELS: tuple[Level, ...] = ("study", "series", "instance")
+LEVELS: tuple[Level, ...] = ("patient", "study", "series", "instance")
 
 
 def lookup(name: str) -> Attribute | None:

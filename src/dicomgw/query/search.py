@@ -3,28 +3,39 @@ matching (single value, wildcards, ranges, UID lists, universal) turned into
 one SQL statement over the index tables, answered as DICOM JSON (PS3.18 F.2).
 
 QIDO-RS (PS3.18 10.6) parses its request into a :class:`Query` here; the C-FIND
-SCP is to do the same with its identifier.
+SCP parses its identifier into the same (:mod:`dicomgw.query.identifier`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from dicomgw.query.attributes import ATTRIBUTES, LEVELS, Attribute, Level, is_tag, lookup
+from dicomgw.query.attributes import (
+    ATTRIBUTES,
+    LEVELS,
+    PATIENT_COUNTS,
+    Attribute,
+    Level,
+    is_tag,
+    lookup,
+)
 from dicomgw.ul.uids import is_valid_uid
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+_PREFETCH = 50
+"""Rows a cursor fetches at a time: small enough that the first match goes out at once."""
 MAX_VALUE = 256
 """Longest query value taken (a UID list of a few UIDs; names are 64 per group)."""
 
 _FROM: dict[Level, str] = {
+    "patient": "studies st",
     "study": "studies st",
     "series": "series se JOIN studies st ON st.id = se.study_id",
     # NOTE: under duplicate_policy keep-both an instance has versions; the newest answers.
@@ -36,6 +47,7 @@ _NEWEST = (
     "WHERE n.sop_instance_uid = i.sop_instance_uid AND n.version > i.version)"
 )
 _ORDER: dict[Level, str] = {
+    "patient": "min(st.id)",
     "study": "st.id",
     "series": "st.id, se.series_number NULLS LAST, se.id",
     "instance": "st.id, se.series_number NULLS LAST, se.id, i.instance_number NULLS LAST, i.id",
@@ -227,14 +239,25 @@ def statement(query: Query) -> tuple[str, list[object]]:
         _match(sql, attribute, value, query.fuzzy)
     if query.level == "instance":
         sql.conditions.append(_NEWEST)
-    depth = LEVELS.index(query.level)
-    columns = [a for a in ATTRIBUTES if LEVELS.index(a.level) <= depth]
-    select = ", ".join(f'{a.column} AS "{a.keyword}"' for a in columns)
+    if query.level == "patient":
+        # One row per Patient ID, whatever the name spelling of its studies.
+        select = ", ".join(
+            f'{a.column if a.keyword == "PatientID" else f"min({a.column})"} AS "{a.keyword}"'
+            for a in ATTRIBUTES
+            if a.patient
+        )
+        select += "".join(f', {a.column} AS "{a.keyword}"' for a in PATIENT_COUNTS)
+        group = " GROUP BY st.patient_id"
+    else:
+        depth = LEVELS.index(query.level)
+        columns = [a for a in ATTRIBUTES if LEVELS.index(a.level) <= depth]
+        select = ", ".join(f'{a.column} AS "{a.keyword}"' for a in columns)
+        group = ""
     where = f"WHERE {' AND '.join(sql.conditions)}" if sql.conditions else ""
     sql.args += [query.limit + 1, query.offset]
     n = len(sql.args)
     text = (
-        f"SELECT {select} FROM {_FROM[query.level]} {where} "
+        f"SELECT {select} FROM {_FROM[query.level]} {where}{group} "
         f"ORDER BY {_ORDER[query.level]} LIMIT ${n - 1} OFFSET ${n}"
     )
     return text, sql.args
@@ -245,6 +268,15 @@ async def search(conn: asyncpg.Connection, query: Query) -> tuple[list[asyncpg.R
     text, args = statement(query)
     rows = await conn.fetch(text, *args)
     return rows[: query.limit], len(rows) > query.limit
+
+
+async def stream(conn: asyncpg.Connection, query: Query) -> AsyncIterator[asyncpg.Record]:
+    """The matches as the database finds them (a cursor: the first one comes before
+    the search has ended), up to one more than ``query.limit`` so the caller knows
+    it was exceeded. ``conn`` must be in a transaction."""
+    text, args = statement(query)
+    async for row in conn.cursor(text, *args, prefetch=_PREFETCH):
+        yield row
 
 
 # -- DICOM JSON (PS3.18 F.2) -----------------------------------------------------------

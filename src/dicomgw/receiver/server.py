@@ -18,6 +18,7 @@ from dicomgw.index.batcher import BatchObserver
 from dicomgw.ingest.stack import IngestStack
 from dicomgw.receiver.refusals import RefusalAuditor
 from dicomgw.services.echo import VerificationService
+from dicomgw.services.find import FindService
 from dicomgw.services.provider import AnswerObserver, ServiceProvider
 from dicomgw.services.store import StorageService
 
@@ -42,7 +43,11 @@ class Receiver:
         self.refusals = RefusalAuditor(pool)
         self.counters = ListenerCounters(self.refusals)
         self.services = ServiceProvider(
-            (VerificationService(), StorageService(self.ingest)),
+            (
+                VerificationService(),
+                StorageService(self.ingest),
+                FindService(pool, config.dimse),
+            ),
             head_bytes=config.index.scan_bytes,
             fsync=self.spool.fsync,
             on_answered=on_answered,

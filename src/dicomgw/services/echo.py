@@ -9,7 +9,7 @@ from dicomgw.association.negotiation import AcceptedContext
 from dicomgw.dimse.commands import C_ECHO_RQ, Command, CommandError, encode_c_echo_rsp
 from dicomgw.dimse.status import SUCCESS
 from dicomgw.ingest.dataset import ReceivedDataSet
-from dicomgw.services.provider import Operation, Response
+from dicomgw.services.provider import Operation, Replies, Response
 
 
 @dataclass(slots=True)
@@ -17,8 +17,11 @@ class _Echo:
     message_id: int
     fd: int = -1
 
-    async def finish(self, dataset: ReceivedDataSet | None) -> Response:
+    async def finish(self, dataset: ReceivedDataSet | None, replies: Replies) -> Response:
         return Response(encode_c_echo_rsp(self.message_id, SUCCESS), SUCCESS)
+
+    def cancel(self) -> None:
+        pass  # PS3.7 9.3.2.3: C-CANCEL is for C-FIND, C-GET and C-MOVE
 
     def abandon(self) -> None:
         pass

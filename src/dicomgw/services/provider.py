@@ -4,9 +4,11 @@ serves it, feeds it the data set, and answers in request order.
 
 Each service is a small class with :meth:`Service.begin` (a request arrived)
 returning an :class:`Operation` (its data set goes to ``fd``; ``finish`` makes
-the response). Responses go out in the order the requests came: a requestor
-that does not wait for a response before its next request (PS3.7 D.3.3.3
-allows one outstanding operation by default) is served anyway, in order.
+the final response, after any pending ones it sent through :class:`Replies`).
+Responses go out in the order the requests came: a requestor that does not wait
+for a response before its next request (PS3.7 D.3.3.3 allows one outstanding
+operation by default) is served anyway, in order. A C-CANCEL-RQ (PS3.7 9.3.2.3)
+is no service of its own: it reaches the running operation it names.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Protocol
 
 from dicomgw.association.acceptor import Link, MessageHandler, Peer
 from dicomgw.association.negotiation import AcceptedContext
-from dicomgw.dimse.commands import Command, CommandError, decode_command
+from dicomgw.dimse.commands import C_CANCEL_RQ, Command, CommandError, decode_command
 from dicomgw.ingest.dataset import ReceivedDataSet
 from dicomgw.ul.pdu import ABORT_REASON_NOT_SPECIFIED, ABORT_UNRECOGNIZED_PDU_PARAMETER
 
@@ -34,14 +36,28 @@ class Response:
     status: int
 
 
+class Replies(Protocol):
+    """How an operation sends pending responses before its final one."""
+
+    async def pending(self, command: bytes, dataset: bytes | None) -> None:
+        """Send one pending response (and its data set, e.g. a C-FIND match);
+        returns once the peer has taken it, so a long answer holds no memory."""
+        ...
+
+
 class Operation(Protocol):
     """One request in progress."""
 
     fd: int
     """Where its data set goes (-1: discarded, or none is expected)."""
 
-    async def finish(self, dataset: ReceivedDataSet | None) -> Response:
-        """Carry it out; the response to send."""
+    async def finish(self, dataset: ReceivedDataSet | None, replies: Replies) -> Response:
+        """Carry it out; the final response to send."""
+        ...
+
+    def cancel(self) -> None:
+        """A C-CANCEL-RQ for it arrived, or the association ended while it ran:
+        stop at the next response and answer Cancel (PS3.4 C.4.1.3.1)."""
         ...
 
     def abandon(self) -> None:
@@ -108,6 +124,8 @@ class AssociationServices:
         # out (each completion waits for the one before it to answer).
         self._receiving: tuple[Operation, int] | None = None
         self._tail: asyncio.Task[None] | None = None
+        self._running: dict[int, Operation] = {}
+        """Operations under way by message ID, for C-CANCEL."""
         self.in_flight = 0
 
     def command(self, context_id: int, data: bytes) -> None:
@@ -120,6 +138,9 @@ class AssociationServices:
                 raise  # no response can be addressed: A-ABORT
             log.warning("malformed request refused", extra={"error": exc.problem})
             self._start(refusal, exc.command_field or 0, context_id, True)
+            return
+        if command.command_field == C_CANCEL_RQ:
+            self._cancel(command.message_id_being_responded_to or 0)
             return
         context = self._peer.acceptance.contexts[context_id]
         service = self._provider.services.get(command.command_field)
@@ -134,7 +155,17 @@ class AssociationServices:
             self._link.abort(ABORT_UNRECOGNIZED_PDU_PARAMETER)
             return
         operation = service.begin(self._peer, context, command)
+        self._running[command.message_id or 0] = operation
         self._start(operation, command.command_field, context_id, command.has_data_set)
+
+    def _cancel(self, message_id: int) -> None:
+        operation = self._running.get(message_id)
+        if operation is None:
+            # NOTE: not an error (PS3.7 9.3.2.3): it may have just finished.
+            log.info("C-CANCEL-RQ for no running operation", extra={"message_id": message_id})
+            return
+        log.info("C-CANCEL-RQ", extra={"message_id": message_id})
+        operation.cancel()
 
     def _start(
         self, operation: Operation, command_field: int, context_id: int, has_data_set: bool
@@ -172,23 +203,56 @@ class AssociationServices:
     ) -> None:
         """Carry out one request off the receive path and answer it."""
         started = time.monotonic()
+        replies = _Replies(self._link, context_id, previous)
         try:
-            response = await operation.finish(dataset)
-            if previous is not None:
-                await previous  # responses go out in request order
+            response = await operation.finish(dataset, replies)
+            await replies.in_turn()  # responses go out in request order
         except Exception:
             log.exception("a DIMSE operation failed unexpectedly: aborting the association")
             self.in_flight -= 1
+            self._forget(operation)
             self._link.abort(ABORT_REASON_NOT_SPECIFIED)
             return
         self.in_flight -= 1
+        self._forget(operation)
         self._link.send_command(context_id, response.command)
         self._provider.on_answered(command_field, time.monotonic() - started, response.status)
         if not self.in_flight:
             self._link.settled()
 
+    def _forget(self, operation: Operation) -> None:
+        for message_id, running in list(self._running.items()):
+            if running is operation:
+                del self._running[message_id]
+
     def closed(self) -> None:
         if self._receiving is not None:
             operation, _ = self._receiving
             self._receiving = None
+            self._forget(operation)
             operation.abandon()
+        for operation in self._running.values():
+            operation.cancel()
+        self._running.clear()
+
+
+class _Replies:
+    """One operation's way to its peer, behind the operations before it."""
+
+    def __init__(self, link: Link, context_id: int, previous: asyncio.Task[None] | None) -> None:
+        self._link = link
+        self._context_id = context_id
+        self._previous = previous
+
+    async def in_turn(self) -> None:
+        """Return once every earlier operation has answered."""
+        if self._previous is not None:
+            await self._previous
+            self._previous = None
+
+    async def pending(self, command: bytes, dataset: bytes | None) -> None:
+        await self.in_turn()
+        self._link.send_command(self._context_id, command)
+        if dataset is not None:
+            self._link.send_dataset(self._context_id, dataset)
+        await self._link.writable()

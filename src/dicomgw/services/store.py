@@ -10,7 +10,7 @@ from dicomgw.dimse.status import DATASET_DOES_NOT_MATCH_SOP_CLASS
 from dicomgw.ingest.dataset import ReceivedDataSet
 from dicomgw.ingest.service import Admission, Ingest, Refused, Result
 from dicomgw.ingest.source import Source
-from dicomgw.services.provider import Operation, Response
+from dicomgw.services.provider import Operation, Replies, Response
 
 
 class _Store:
@@ -21,7 +21,7 @@ class _Store:
         self._command = command
         self.fd = admission.fd
 
-    async def finish(self, dataset: ReceivedDataSet | None) -> Response:
+    async def finish(self, dataset: ReceivedDataSet | None, replies: Replies) -> Response:
         assert dataset is not None  # a C-STORE-RQ without a data set is refused earlier
         result = await self._admission.finish(dataset)
         command = self._command
@@ -33,6 +33,9 @@ class _Store:
             result.comment,
         )
         return Response(response, result.status)
+
+    def cancel(self) -> None:
+        pass  # PS3.7 9.3.2.3: C-CANCEL is for C-FIND, C-GET and C-MOVE
 
     def abandon(self) -> None:
         self._admission.abandon()

@@ -1,0 +1,349 @@
+"""C-FIND SCP against real requestors: DCMTK's findscu and pynetdicom, over what
+the gateway stored (Patient Root and Study Root, every level)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from dicomgw.association.acceptor import Peer
+from dicomgw.association.negotiation import Acceptance, AcceptedContext
+from dicomgw.config import DimseConfig
+from dicomgw.dimse.commands import (
+    Command,
+    decode_command,
+    encode_c_cancel_rq,
+    encode_c_find_rq,
+)
+from dicomgw.services.find import FindService
+from dicomgw.services.provider import ServiceProvider
+from dicomgw.ul.uids import IMPLICIT_VR_LITTLE_ENDIAN
+from tests.conftest import _create_database, with_database
+from tests.gateway import Gateway, running
+from tests.interop.corpus import NODELAY, Item, _item, _save, dcmtk_env, image_dataset
+from tests.interop.corpus import send_with_pynetdicom as send
+from tests.support.wait import eventually
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+MAX_MATCHES = 20
+
+
+def _study(
+    dest: Path, patient: tuple[str, str], date: str, modality: str, *, count: int, accession: str
+) -> list[Item]:
+    dest.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    items = []
+    for n in range(count):
+        ds = image_dataset(modality, EXPLICIT_LE)
+        ds.PatientName, ds.PatientID = patient
+        ds.StudyDate, ds.AccessionNumber = date, accession
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.InstanceNumber = n + 1
+        path = dest / f"{n}.dcm"
+        _save(ds, path, EXPLICIT_LE)
+        items.append(_item(f"{accession}/{n}", path, ds))
+    return items
+
+
+@pytest.fixture(scope="module")
+def stored(workdir: Path, pg_server: str) -> Iterator[tuple[Gateway, dict[str, list[Item]]]]:
+    """A gateway that lets FINDSCU and PYQR query, holding three studies of two
+    patients (the third with more instances than dimse.max_query_matches)."""
+    name = f"qr_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create_database(pg_server, name))
+    state = workdir / name
+    state.mkdir(mode=0o755)
+    gateway = Gateway(
+        state,
+        with_database(pg_server, name),
+        extra_env={
+            "DICOMGW_DIMSE__QUERY_AE_TITLES": "[FINDSCU, PYQR]",
+            "DICOMGW_DIMSE__MAX_QUERY_MATCHES": str(MAX_MATCHES),
+        },
+    )
+    data = state / "data"
+    studies = {
+        "ct": _study(
+            data / "ct", ("Doe^Jane", "P-A"), "20240105", "CT", count=3, accession="ACC-1"
+        ),
+        "mr": _study(
+            data / "mr", ("Doe^Jane", "P-A"), "20240310", "MR", count=2, accession="ACC-2"
+        ),
+        "big": _study(
+            data / "big", ("Roe^Richard", "P-B"), "20231201", "CT", count=25, accession="ACC-3"
+        ),
+    }
+    with running(gateway):
+        outcomes = send([i for items in studies.values() for i in items], gateway.dimse_port)
+        assert set(outcomes.values()) == {0}, outcomes
+        yield gateway, studies
+
+
+def findscu(
+    gateway: Gateway, out: Path, model: str, *keys: str, calling: str = "FINDSCU"
+) -> tuple[subprocess.CompletedProcess[str], list[Dataset]]:
+    """DCMTK's findscu with -X: each match it receives is written to a file."""
+    out.mkdir(exist_ok=True)
+    done = subprocess.run(
+        ["findscu", model, "-aet", calling, "-aec", "DICOMGW", "-X", "-od", str(out),
+         *(arg for key in keys for arg in ("-k", key)), "127.0.0.1", str(gateway.dimse_port)],
+        env=dcmtk_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return done, [dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def find(
+    gateway: Gateway, model: str, identifier: Dataset, calling: str = "PYQR"
+) -> list[tuple[int, Dataset | None]]:
+    """pynetdicom's C-FIND: (status, identifier) of every response."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", gateway.dimse_port, ae_title="DICOMGW", evt_handlers=NODELAY)
+    assert assoc.is_established
+    try:
+        return [(int(s.Status), i) for s, i in assoc.send_c_find(identifier, model)]
+    finally:
+        assoc.release()
+
+
+def query(level: str, **keys: object) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+STUDY = StudyRootQueryRetrieveInformationModelFind
+PATIENT = PatientRootQueryRetrieveInformationModelFind
+
+
+def test_findscu_study_root_study_level(
+    stored: tuple[Gateway, dict[str, list[Item]]], tmp_path: Path
+) -> None:
+    gateway, studies = stored
+    done, matches = findscu(
+        gateway, tmp_path, "-S",
+        "QueryRetrieveLevel=STUDY", "PatientID=P-A", "StudyInstanceUID", "StudyDate",
+        "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientName",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = {m.StudyInstanceUID: m for m in matches}
+    assert set(got) == {studies["ct"][0].study_instance_uid, studies["mr"][0].study_instance_uid}, (
+        done.stderr + gateway.log()[-3000:]
+    )
+    ct = got[studies["ct"][0].study_instance_uid]
+    assert (ct.StudyDate, ct.AccessionNumber, ct.PatientName) == ("20240105", "ACC-1", "Doe^Jane")
+    assert ct.ModalitiesInStudy == "CT"
+    assert int(ct.NumberOfStudyRelatedInstances) == 3
+    assert ct.QueryRetrieveLevel == "STUDY" and ct.RetrieveAETitle == "DICOMGW"
+
+
+def test_findscu_patient_root_patient_level(
+    stored: tuple[Gateway, dict[str, list[Item]]], tmp_path: Path
+) -> None:
+    gateway, _ = stored
+    done, matches = findscu(
+        gateway, tmp_path, "-P",
+        "QueryRetrieveLevel=PATIENT", "PatientName=Doe*", "PatientID",
+        "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [(m.PatientID, str(m.PatientName)) for m in matches] == [("P-A", "Doe^Jane")]
+    assert int(matches[0].NumberOfPatientRelatedStudies) == 2
+    assert int(matches[0].NumberOfPatientRelatedInstances) == 5
+
+
+def test_findscu_from_an_ae_not_allowed_to_query_is_refused_the_context(
+    stored: tuple[Gateway, dict[str, list[Item]]], tmp_path: Path
+) -> None:
+    gateway, _ = stored
+    done, matches = findscu(
+        gateway, tmp_path, "-S", "QueryRetrieveLevel=STUDY", "PatientID", calling="STRANGER"
+    )
+    assert done.returncode != 0 and matches == []
+    assert "No Acceptable Presentation Contexts" in done.stderr, done.stderr
+
+
+def test_series_and_image_levels_within_a_study(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    ct = studies["ct"]
+    series = find(
+        gateway,
+        STUDY,
+        query(
+            "SERIES",
+            StudyInstanceUID=ct[0].study_instance_uid,
+            SeriesInstanceUID="",
+            Modality="",
+            NumberOfSeriesRelatedInstances="",
+        ),
+    )
+    assert [s for s, _ in series] == [0xFF00, 0x0000]
+    match = series[0][1]
+    assert match is not None
+    assert (match.SeriesInstanceUID, match.Modality) == (ct[0].series_instance_uid, "CT")
+    assert int(match.NumberOfSeriesRelatedInstances) == 3
+    images = find(
+        gateway,
+        PATIENT,
+        query(
+            "IMAGE",
+            PatientID="P-A",
+            StudyInstanceUID=ct[0].study_instance_uid,
+            SeriesInstanceUID=ct[0].series_instance_uid,
+            SOPInstanceUID="",
+            InstanceNumber="",
+        ),
+    )
+    pending = [i for s, i in images if s == 0xFF00 and i is not None]
+    assert [int(i.InstanceNumber) for i in pending] == [1, 2, 3]
+    assert [i.SOPInstanceUID for i in pending] == [item.sop_instance_uid for item in ct]
+    assert images[-1][0] == 0x0000
+
+
+def test_wildcards_ranges_and_uid_lists(stored: tuple[Gateway, dict[str, list[Item]]]) -> None:
+    gateway, studies = stored
+
+    def accessions(**keys: object) -> list[str]:
+        answers = find(gateway, STUDY, query("STUDY", AccessionNumber="", **keys))
+        assert answers[-1][0] == 0x0000, answers[-1]
+        return sorted(i.AccessionNumber for s, i in answers if i is not None)
+
+    assert accessions(PatientName="*oe*") == ["ACC-1", "ACC-2", "ACC-3"]
+    assert accessions(PatientName="roe^rich?rd") == ["ACC-3"]
+    assert accessions(StudyDate="20240101-") == ["ACC-1", "ACC-2"]
+    assert accessions(StudyDate="-20231231") == ["ACC-3"]
+    assert accessions(StudyDate="20240105") == ["ACC-1"]
+    uids = [studies["mr"][0].study_instance_uid, studies["big"][0].study_instance_uid]
+    assert accessions(StudyInstanceUID=uids) == ["ACC-2", "ACC-3"]
+    assert accessions(ModalitiesInStudy="MR") == ["ACC-2"]
+
+
+def test_a_key_the_index_does_not_hold_is_answered_empty_with_pending_warning(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, _ = stored
+    answers = find(gateway, STUDY, query("STUDY", PatientID="P-B", OtherPatientIDs="X"))
+    assert [s for s, _ in answers] == [0xFF01, 0x0000]
+    match = answers[0][1]
+    assert match is not None and match.PatientID == "P-B" and match.OtherPatientIDs == ""
+
+
+def test_more_matches_than_allowed_ends_with_out_of_resources(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    big = studies["big"][0]
+    answers = find(
+        gateway,
+        STUDY,
+        query(
+            "IMAGE",
+            StudyInstanceUID=big.study_instance_uid,
+            SeriesInstanceUID=big.series_instance_uid,
+            SOPInstanceUID="",
+        ),
+    )
+    assert [s for s, _ in answers] == [0xFF00] * MAX_MATCHES + [0xA700]
+
+
+@pytest.mark.parametrize(
+    ("identifier", "status"),
+    [
+        (query("PATIENT", PatientID=""), 0xA900),  # no PATIENT level in Study Root
+        (query("WARD", PatientID=""), 0xA900),
+        (query("STUDY", StudyDate="2024-01-05"), 0xC000),
+        (query("STUDY", StudyInstanceUID="1.2.x"), 0xC000),
+    ],
+)
+def test_an_identifier_it_cannot_answer_gets_a_failure_status(
+    stored: tuple[Gateway, dict[str, list[Item]]], identifier: Dataset, status: int
+) -> None:
+    gateway, _ = stored
+    answers = find(gateway, STUDY, identifier)
+    assert [s for s, _ in answers] == [status]
+    # ... and the association is still good for the next query.
+    assert find(gateway, STUDY, query("STUDY", PatientID="P-B"))[-1][0] == 0x0000
+
+
+class HeldLink:
+    """The acceptor's side, in process: the peer takes each pending response
+    only when the test lets it."""
+
+    def __init__(self) -> None:
+        self.sent: list[Command] = []
+        self.datasets: list[bytes] = []
+        self.taken = asyncio.Event()
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        self.sent.append(decode_command(command))
+
+    def send_dataset(self, context_id: int, dataset: bytes) -> None:
+        self.datasets.append(dataset)
+
+    async def writable(self) -> None:
+        await self.taken.wait()
+
+    def expect_dataset(self, context_id: int, fd: int) -> None:
+        pass
+
+    def abort(self, reason: int) -> None:
+        raise AssertionError(f"aborted ({reason})")
+
+    def settled(self) -> None:
+        pass
+
+
+async def test_c_cancel_stops_the_answer_at_the_next_match(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    assert gateway.dsn is not None
+    pool = await asyncpg.create_pool(gateway.dsn, min_size=1, max_size=2)
+    try:
+        provider = ServiceProvider(
+            [FindService(pool, DimseConfig(max_query_matches=100))], head_bytes=65536, fsync=False
+        )
+        context = AcceptedContext(1, STUDY, IMPLICIT_VR_LITTLE_ENDIAN, False)
+        peer = Peer("a1", "127.0.0.1", 1234, Acceptance("PYQR", "DICOMGW", 0, {1: context}, b""))
+        link = HeldLink()
+        handler = provider.attach(peer, link)
+        big = studies["big"][0]
+        identifier = encode(
+            query("IMAGE", StudyInstanceUID=big.study_instance_uid, SOPInstanceUID=""), True, True
+        )
+        assert identifier is not None
+        handler.command(1, encode_c_find_rq(5, STUDY))
+        handler.dataset(1, 0, len(identifier), identifier, 0)
+        await eventually(lambda: len(link.sent) == 1)  # the first match, not yet taken
+        handler.command(1, encode_c_cancel_rq(5))
+        link.taken.set()
+        await eventually(lambda: handler.in_flight == 0)
+        assert [(c.message_id_being_responded_to, c.status) for c in link.sent] == [
+            (5, 0xFF00),
+            (5, 0xFE00),
+        ]
+        assert len(link.datasets) == 1
+        # A cancel for what is no longer running is ignored (PS3.7 9.3.2.3).
+        handler.command(1, encode_c_cancel_rq(5))
+    finally:
+        await pool.close()
