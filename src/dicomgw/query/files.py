@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import asyncpg
 
 STORED = """
-SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_path, i.size_bytes
+SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_path, i.size_bytes,
+       se.series_instance_uid
 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
 WHERE st.study_instance_uid = $1
   AND ($2::text IS NULL OR se.series_instance_uid = $2)
@@ -28,6 +29,7 @@ class StoredInstance:
     file_path: str
     """Relative to storage.root."""
     size_bytes: int
+    series_instance_uid: str
 
 
 async def stored_files(

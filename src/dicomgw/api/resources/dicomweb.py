@@ -27,6 +27,14 @@ from dicomgw.api.context import ApiContext, App
 from dicomgw.api.multipart import MultipartError, MultipartReader, PartData, PartEnd, PartStart
 from dicomgw.api.problems import Problem
 from dicomgw.api.resources.wado import RetrieveResource
+from dicomgw.api.resources.wado_metadata import (
+    BulkDataResource,
+    FramesResource,
+    MetadataResource,
+    one_instance,
+    parse_frame_list,
+)
+from dicomgw.api.urls import public_base
 from dicomgw.dimse.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, status_category
 from dicomgw.ingest.part10_stream import Part10Stream
 from dicomgw.ingest.service import Result
@@ -63,6 +71,16 @@ def add_routes(app: App, api: ApiContext) -> None:
         retrieve,
         suffix="instance",
     )
+    # PS3.18 10.4.1.1.2-4: metadata, bulk data and frames.
+    parts = InstancePartRoutes(api)
+    app.add_route(f"{ROOT}/studies/{{study}}/metadata", parts, suffix="study_metadata")
+    app.add_route(
+        f"{ROOT}/studies/{{study}}/series/{{series}}/metadata", parts, suffix="series_metadata"
+    )
+    instance = f"{ROOT}/studies/{{study}}/series/{{series}}/instances/{{instance}}"
+    app.add_route(f"{instance}/metadata", parts, suffix="instance_metadata")
+    app.add_route(f"{instance}/frames/{{frames}}", parts, suffix="frames")
+    app.add_route(f"{instance}/bulkdata/{{route:path}}", parts, suffix="bulkdata")
     # PS3.18 10.6.1 Table 10.6.1-2: the search resources.
     app.add_route(f"{ROOT}/series", SearchResource(api, "series"))
     app.add_route(f"{ROOT}/instances", SearchResource(api, "instance"))
@@ -113,7 +131,7 @@ class SearchResource:
                 {"query": dict(req.params), "matches": len(rows)},
                 event_id=audit.QUERY,
             )
-        root = req.forwarded_prefix + ROOT
+        root = public_base(req) + ROOT
         returned = query.returned()
         resp.content_type = DICOM_JSON
         resp.data = orjson.dumps([dicom_json(r, returned, self._level, root) for r in rows])
@@ -162,6 +180,73 @@ class RetrieveRoutes:
     ) -> None:
         """PS3.18 10.4: Retrieve Instance."""
         await self._retrieve.retrieve(req, resp, study, series, instance)
+
+
+class InstancePartRoutes:
+    """WADO-RS metadata, frames and bulk data (api/resources/wado_metadata.py does the work)."""
+
+    def __init__(self, api: ApiContext) -> None:
+        self._api = api
+        self._metadata = MetadataResource(api)
+        self._frames = FramesResource(api)
+        self._bulk = BulkDataResource(api, self._frames)
+
+    @allow(*READERS)
+    async def on_get_study_metadata(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, study: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Study Metadata."""
+        await self._metadata.answer(req, resp, study)
+
+    @allow(*READERS)
+    async def on_get_series_metadata(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, study: str, series: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Series Metadata."""
+        await self._metadata.answer(req, resp, study, series)
+
+    @allow(*READERS)
+    async def on_get_instance_metadata(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        study: str,
+        series: str,
+        instance: str,
+    ) -> None:
+        """PS3.18 10.4: Retrieve Instance Metadata."""
+        await self._metadata.answer(req, resp, study, series, instance)
+
+    @allow(*READERS)
+    async def on_get_frames(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        *,
+        study: str,
+        series: str,
+        instance: str,
+        frames: str,
+    ) -> None:
+        """PS3.18 10.4: Retrieve Frames (numbers from 1, comma-separated)."""
+        numbers = parse_frame_list(frames)
+        item = await one_instance(self._api, study, series, instance)
+        await self._frames.frames(req, resp, item, numbers)
+
+    @allow(*READERS)
+    async def on_get_bulkdata(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        *,
+        study: str,
+        series: str,
+        instance: str,
+        route: str,
+    ) -> None:
+        """PS3.18 10.4: Retrieve Bulk Data, by the BulkDataURI metadata gave."""
+        item = await one_instance(self._api, study, series, instance)
+        await self._bulk.answer(req, resp, item, route)
 
 
 class StoreInstancesResource:
