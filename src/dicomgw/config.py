@@ -115,8 +115,9 @@ class DimseConfig(_Section, frozen=True):
     accepted_sop_classes: tuple[UID, ...] = ()
     """Empty: Verification, every storage SOP class and unknown (private) ones."""
     query_ae_titles: tuple[AETitle, ...] = ()
-    """Calling AE titles that may query what is stored (C-FIND, Patient and Study
-    Root); ``"*"``: any that may associate. Empty: Query/Retrieve is not offered."""
+    """Calling AE titles that may query and retrieve what is stored (C-FIND, C-GET;
+    Patient and Study Root); ``"*"``: any that may associate. Empty: Query/Retrieve
+    is not offered."""
     max_query_matches: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     """A C-FIND with more matches ends, after this many, with A700 (Out of Resources)."""
     max_concurrent_queries: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4

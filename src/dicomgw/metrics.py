@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from dicomgw.certificates import CertificateError, info, read_certificates, watched
 from dicomgw.config import Config
-from dicomgw.dimse.commands import C_FIND_RQ, C_STORE_RQ
+from dicomgw.dimse.commands import C_FIND_RQ, C_GET_RQ, C_STORE_RQ
 from dicomgw.ul import pdu
 
 if TYPE_CHECKING:
@@ -141,6 +141,12 @@ class ServeMetrics:
             "0xA700 too many matches, 0xA900/0xC000 refused).",
             ["status"],
         )
+        self.retrievals = counter(
+            "dicomgw_dimse_retrievals",
+            "C-GETs answered, by final status (0x0000 every sub-operation done, 0xB000 some "
+            "failed, 0xA702 all failed, 0xFE00 cancelled, 0xA900/0xC000 refused).",
+            ["status"],
+        )
         self.query_duration = Histogram(
             "dicomgw_cfind_duration_seconds",
             "From a C-FIND's identifier to its final response (every match sent).",
@@ -213,6 +219,9 @@ class ServeMetrics:
         if command_field == C_FIND_RQ:
             self.queries.labels(f"0x{status:04X}").inc()
             self.query_duration.observe(seconds)
+            return
+        if command_field == C_GET_RQ:
+            self.retrievals.labels(f"0x{status:04X}").inc()
             return
         if command_field != C_STORE_RQ:
             return

@@ -8,17 +8,22 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
 )
 
 from dicomgw.association.acceptor import Peer
@@ -297,7 +302,9 @@ class HeldLink:
     def send_command(self, context_id: int, command: bytes) -> None:
         self.sent.append(decode_command(command))
 
-    def send_dataset(self, context_id: int, dataset: bytes) -> None:
+    is_up = True
+
+    def send_dataset(self, context_id: int, dataset: bytes, *, last: bool = True) -> None:
         self.datasets.append(dataset)
 
     async def writable(self) -> None:
@@ -347,3 +354,124 @@ async def test_c_cancel_stops_the_answer_at_the_next_match(
         handler.command(1, encode_c_cancel_rq(5))
     finally:
         await pool.close()
+
+
+# -- C-GET ------------------------------------------------------------------------------
+
+GET = StudyRootQueryRetrieveInformationModelGet
+
+
+def get(
+    gateway: Gateway,
+    identifier: Dataset,
+    storage: list[str],
+    model: str = GET,
+) -> tuple[list[tuple[int, Dataset | None]], dict[str, bytes]]:
+    """pynetdicom's C-GET, taking the SCP role for ``storage`` SOP classes (Explicit
+    VR LE): every response, and the data set bytes of each C-STORE as received."""
+    received: dict[str, bytes] = {}
+
+    def on_store(event: Any) -> int:
+        received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    ae = AE(ae_title="PYQR")
+    ae.add_requested_context(model)
+    for sop_class in storage:
+        ae.add_requested_context(sop_class, [EXPLICIT_LE])
+    assoc = ae.associate(
+        "127.0.0.1",
+        gateway.dimse_port,
+        ae_title="DICOMGW",
+        ext_neg=[build_role(sop_class, scp_role=True) for sop_class in storage],
+        evt_handlers=[*NODELAY, (evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        answers = [(int(s.Status), i) for s, i in assoc.send_c_get(identifier, model)]
+    finally:
+        assoc.release()
+    return answers, received
+
+
+def test_c_get_sends_the_stored_bytes_back_on_the_association(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    ct = studies["ct"]
+    answers, received = get(
+        gateway, query("STUDY", StudyInstanceUID=ct[0].study_instance_uid), [CTImageStorage]
+    )
+    assert received == {item.sop_instance_uid: item.dataset_bytes() for item in ct}
+    assert [s for s, _ in answers] == [0xFF00, 0xFF00, 0x0000]
+    # Series level, two series of one patient by a UID list, in Patient Root.
+    mr = studies["mr"]
+    answers, received = get(
+        gateway,
+        query(
+            "SERIES",
+            PatientID="P-A",
+            StudyInstanceUID=[ct[0].study_instance_uid, mr[0].study_instance_uid],
+            SeriesInstanceUID=[ct[0].series_instance_uid, mr[0].series_instance_uid],
+        ),
+        [CTImageStorage, MRImageStorage],
+        PatientRootQueryRetrieveInformationModelGet,
+    )
+    assert answers[-1][0] == 0x0000
+    assert set(received) == {item.sop_instance_uid for item in ct + mr}
+
+
+def test_getscu_retrieves_a_series(
+    stored: tuple[Gateway, dict[str, list[Item]]], tmp_path: Path
+) -> None:
+    gateway, studies = stored
+    mr = studies["mr"]
+    done = subprocess.run(
+        ["getscu", "-S", "-aet", "FINDSCU", "-aec", "DICOMGW", "-od", str(tmp_path),
+         "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={mr[0].study_instance_uid}",
+         "-k", f"SeriesInstanceUID={mr[0].series_instance_uid}",
+         "127.0.0.1", str(gateway.dimse_port)],
+        env=dcmtk_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = {dcmread(path).SOPInstanceUID for path in tmp_path.iterdir()}
+    assert got == {item.sop_instance_uid for item in mr}
+
+
+def test_c_get_without_a_storage_context_fails_every_sub_operation(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    ct = studies["ct"]
+    answers, received = get(
+        gateway, query("STUDY", StudyInstanceUID=ct[0].study_instance_uid), [MRImageStorage]
+    )
+    assert received == {}
+    status, identifier = answers[-1]
+    assert status == 0xA702
+    assert identifier is not None
+    assert sorted(identifier.FailedSOPInstanceUIDList) == sorted(i.sop_instance_uid for i in ct)
+
+
+@pytest.mark.parametrize(
+    ("identifier", "status"),
+    [
+        (query("STUDY", PatientID="P-A"), 0xA900),  # no StudyInstanceUID
+        (query("SERIES", StudyInstanceUID="1.2.3"), 0xA900),  # no SeriesInstanceUID
+        (query("STUDY", StudyInstanceUID="1.2.x"), 0xA900),
+    ],
+)
+def test_a_c_get_without_its_unique_key_is_refused(
+    stored: tuple[Gateway, dict[str, list[Item]]], identifier: Dataset, status: int
+) -> None:
+    gateway, _ = stored
+    answers, received = get(gateway, identifier, [CTImageStorage])
+    assert [s for s, _ in answers] == [status] and received == {}
+
+
+def test_c_get_of_nothing_stored_is_success_with_no_sub_operations(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, _ = stored
+    answers, received = get(gateway, query("STUDY", StudyInstanceUID=generate_uid()), [])
+    assert [s for s, _ in answers] == [0x0000] and received == {}

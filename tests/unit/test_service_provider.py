@@ -47,7 +47,9 @@ class ScriptedLink:
     def send_command(self, context_id: int, command: bytes) -> None:
         self.sent.append((context_id, decode_command(command)))
 
-    def send_dataset(self, context_id: int, dataset: bytes) -> None:
+    is_up = True
+
+    def send_dataset(self, context_id: int, dataset: bytes, *, last: bool = True) -> None:
         self.datasets.append((context_id, dataset))
 
     async def writable(self) -> None:

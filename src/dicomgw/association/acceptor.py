@@ -83,13 +83,19 @@ class Link(Protocol):
         """Send a response command set (one P-DATA-TF), if the association is up."""
         ...
 
-    def send_dataset(self, context_id: int, dataset: bytes) -> None:
-        """Send a response's data set (an identifier), fragmented for the peer."""
+    def send_dataset(self, context_id: int, dataset: bytes, *, last: bool = True) -> None:
+        """Send a data set (an identifier, a C-GET's instance), fragmented for the
+        peer; ``last`` False: a piece of it, more follows."""
         ...
 
     async def writable(self) -> None:
         """Return once the peer has taken what was sent (flow control for
         services that answer with many messages); at once if the association ended."""
+        ...
+
+    @property
+    def is_up(self) -> bool:
+        """The association is established and not ending."""
         ...
 
     def expect_dataset(self, context_id: int, fd: int) -> None:
@@ -398,13 +404,18 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         if self._state == "Sta6":
             self._write(p_data_command(context_id, command))
 
-    def send_dataset(self, context_id: int, dataset: bytes) -> None:
+    def send_dataset(self, context_id: int, dataset: bytes, *, last: bool = True) -> None:
         if self._state == "Sta6" and self._peer is not None:
-            self._write(p_data_dataset(context_id, dataset, self._peer.acceptance.peer_max_pdu))
+            max_pdu = self._peer.acceptance.peer_max_pdu
+            self._write(p_data_dataset(context_id, dataset, max_pdu, last=last))
 
     async def writable(self) -> None:
         if self._drained is not None:
             await self._drained
+
+    @property
+    def is_up(self) -> bool:
+        return self._state == "Sta6"
 
     def pause_writing(self) -> None:
         self._drained = asyncio.get_running_loop().create_future()

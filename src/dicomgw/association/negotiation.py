@@ -41,10 +41,10 @@ from dicomgw.ul.pdu import (
 from dicomgw.ul.uids import (
     APPLICATION_CONTEXT_NAME,
     EXPLICIT_VR_LITTLE_ENDIAN,
-    FIND_SOP_CLASSES,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,
     is_valid_uid,
 )
@@ -71,7 +71,7 @@ class Rejection:
         return bytes(pdu.encode())
 
 
-_NOT_STORAGE = FIND_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
+_NOT_STORAGE = QUERY_RETRIEVE_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,10 @@ class AcceptedContext:
     abstract_syntax: str
     transfer_syntax: str
     is_storage: bool
+    as_scu: bool = False
+    """dicom-gw may send requests of this SOP class on it (the peer took the SCP role)."""
+    as_scp: bool = True
+    """dicom-gw serves the peer's requests on it (the default role)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,7 @@ def _is_storage(abstract_syntax: str) -> bool:
 
 
 def may_query(calling_ae_title: str, config: DimseConfig) -> bool:
-    """Whether this peer may query what is stored (``dimse.query_ae_titles``)."""
+    """Whether this peer may query and retrieve what is stored (``dimse.query_ae_titles``)."""
     allowed = {ae.strip() for ae in config.query_ae_titles}
     return "*" in allowed or calling_ae_title in allowed
 
@@ -192,7 +196,7 @@ def _supported_contexts(
         uid = str(rq.abstract_syntax)
         if not is_valid_uid(uid):
             continue
-        if uid in FIND_SOP_CLASSES:
+        if uid in QUERY_RETRIEVE_SOP_CLASSES:
             if not query:
                 continue
         elif uid != VERIFICATION_SOP_CLASS:
@@ -212,10 +216,14 @@ def _supported_contexts(
         cx.abstract_syntax = UID(uid)
         # NOTE: the data set is stored as received, so any transfer syntax costs
         # the same; by default take the requestor's first (its preference).
-        preferred = _QUERY_SYNTAXES if uid in FIND_SOP_CLASSES else allowed_ts or syntaxes
+        preferred = _QUERY_SYNTAXES if uid in QUERY_RETRIEVE_SOP_CLASSES else allowed_ts or syntaxes
         cx.transfer_syntax = [ts for ts in preferred if ts in syntaxes]
         if cx.transfer_syntax:
-            cx.scu_role, cx.scp_role = None, None
+            # A peer that may retrieve may take the SCP role for storage (PS3.7
+            # D.3.3.4): C-GET's C-STOREs come back on its association. Others keep
+            # the default roles (their role selection items are not agreed to).
+            storage = query and uid not in QUERY_RETRIEVE_SOP_CLASSES
+            cx.scu_role, cx.scp_role = (True, True) if storage else (None, None)
             supported.append(cx)
     return supported
 
@@ -268,6 +276,8 @@ def negotiate(request: Request, config: DimseConfig, max_pdu: int) -> Acceptance
             abstract_syntax=str(cx.abstract_syntax),
             transfer_syntax=str(cx.transfer_syntax[0]),
             is_storage=str(cx.abstract_syntax) not in _NOT_STORAGE,
+            as_scu=bool(cx.as_scu),
+            as_scp=bool(cx.as_scp),
         )
         for cx in results
         if cx.result == 0x00

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from dicomgw.dimse.status import (
+    CANCEL,
     INVALID_OBJECT_INSTANCE,
     MISTYPED_ARGUMENT,
+    PENDING,
+    PENDING_WARNING,
     SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
 )
@@ -64,6 +67,10 @@ _ERROR_COMMENT = 0x0902
 _AFFECTED_SOP_INSTANCE_UID = 0x1000
 _MOVE_ORIGINATOR_AE_TITLE = 0x1030
 _MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
+_REMAINING = 0x1020
+_COMPLETED = 0x1021
+_FAILED = 0x1022
+_WARNING = 0x1023
 
 _HEADER = struct.Struct("<HHI")
 _UL_ELEMENT = struct.Struct("<HHII")
@@ -369,6 +376,64 @@ def encode_c_cancel_rq(message_id_being_responded_to: int) -> bytes:
         _us(_COMMAND_FIELD, C_CANCEL_RQ),
         _us(_MESSAGE_ID_BEING_RESPONDED_TO, message_id_being_responded_to),
         _us(_COMMAND_DATA_SET_TYPE, NO_DATA_SET),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SubOperations:
+    """The counts a C-GET or C-MOVE response carries (PS3.7 9.1.3.1.7-10, 9.1.4.1.7-10)."""
+
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+
+def encode_c_get_rsp(
+    message_id_being_responded_to: int,
+    affected_sop_class_uid: str,
+    status: int,
+    counts: SubOperations | None,
+    *,
+    identifier: bool = False,
+    error_comment: str | None = None,
+) -> bytes:
+    """C-GET-RSP, PS3.7 9.3.3.2 Table 9.3-9: ``counts`` (Remaining only while
+    pending); ``identifier`` when a Failed SOP Instance UID List follows."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _us(_COMMAND_FIELD, C_GET_RSP),
+        _us(_MESSAGE_ID_BEING_RESPONDED_TO, message_id_being_responded_to),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT if identifier else NO_DATA_SET),
+        _us(_STATUS, status),
+        _error_comment(status, error_comment),
+        *_counts(counts, status),
+    )
+
+
+def _counts(counts: SubOperations | None, status: int) -> tuple[bytes, ...]:
+    """PS3.7 Table 9.3-9: Remaining only while pending (or on Cancel)."""
+    if counts is None:
+        return ()
+    remaining = status in (PENDING, PENDING_WARNING, CANCEL)
+    return (
+        _us(_REMAINING, counts.remaining) if remaining else b"",
+        _us(_COMPLETED, counts.completed),
+        _us(_FAILED, counts.failed),
+        _us(_WARNING, counts.warning),
+    )
+
+
+def encode_c_get_rq(
+    message_id: int, affected_sop_class_uid: str, *, priority: int = PRIORITY_MEDIUM
+) -> bytes:
+    """C-GET-RQ, PS3.7 9.3.3.1 Table 9.3-8; the identifier follows as its data set."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _us(_COMMAND_FIELD, C_GET_RQ),
+        _us(_MESSAGE_ID, message_id),
+        _us(_PRIORITY, priority),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT),
     )
 
 

@@ -58,8 +58,12 @@ WARNING_COERCION = 0xB000
 WARNING_ELEMENTS_DISCARDED = 0xB006
 WARNING_DATASET_DOES_NOT_MATCH = 0xB007
 
-# -- PS3.4 C.4.2.1.5: C-MOVE ----------------------------------------------------
+# -- PS3.4 C.4.2.1.5, C.4.3.1.5: C-MOVE and C-GET --------------------------------
 MOVE_DESTINATION_UNKNOWN = 0xA801
+SUB_OPERATIONS_REFUSED = 0xA702
+"""Refused: out of resources, unable to perform sub-operations (every one failed)."""
+SUB_OPERATIONS_WARNING = WARNING_COERCION
+"""B000: sub-operations complete, one or more failed or had a warning."""
 
 _WARNINGS = frozenset(
     (WARNING_OPTIONAL_ATTRIBUTES_NOT_SUPPORTED, ATTRIBUTE_LIST_ERROR, ATTRIBUTE_VALUE_OUT_OF_RANGE)

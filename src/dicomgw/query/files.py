@@ -1,6 +1,5 @@
 """The stored files of a study, a series or an instance (the newest version of
-each instance), in a stable order: what retrieval (WADO-RS, and C-GET/C-MOVE
-to come) sends."""
+each instance), in a stable order: what retrieval (WADO-RS, C-GET, C-MOVE) sends."""
 
 from __future__ import annotations
 
@@ -8,17 +7,21 @@ from dataclasses import dataclass
 
 import asyncpg
 
-STORED = """
+_SELECT = """
 SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_path, i.size_bytes,
-       se.series_instance_uid
+       se.series_instance_uid, i.dataset_size
 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
-WHERE st.study_instance_uid = $1
-  AND ($2::text IS NULL OR se.series_instance_uid = $2)
-  AND ($3::text IS NULL OR i.sop_instance_uid = $3)
+WHERE {conditions}
   AND NOT EXISTS (SELECT 1 FROM instances n
                   WHERE n.sop_instance_uid = i.sop_instance_uid AND n.version > i.version)
-ORDER BY se.series_number NULLS LAST, se.id, i.instance_number NULLS LAST, i.id
+ORDER BY st.id, se.series_number NULLS LAST, se.id, i.instance_number NULLS LAST, i.id
 """
+_COLUMNS = {
+    "studies": "st.study_instance_uid",
+    "series": "se.series_instance_uid",
+    "instances": "i.sop_instance_uid",
+    "patients": "st.patient_id",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class StoredInstance:
     """Relative to storage.root."""
     size_bytes: int
     series_instance_uid: str
+    dataset_size: int
+    """The data set, exactly as received, is the file's last ``dataset_size`` bytes."""
 
 
 async def stored_files(
@@ -38,5 +43,32 @@ async def stored_files(
     series: str | None = None,
     instance: str | None = None,
 ) -> list[StoredInstance]:
-    rows = await conn.fetch(STORED, study, series, instance)
+    return await files_of(
+        conn,
+        studies=[study],
+        series=None if series is None else [series],
+        instances=None if instance is None else [instance],
+    )
+
+
+async def files_of(
+    conn: asyncpg.Connection,
+    *,
+    studies: list[str] | None = None,
+    series: list[str] | None = None,
+    instances: list[str] | None = None,
+    patients: list[str] | None = None,
+) -> list[StoredInstance]:
+    """The files matching every list given (None: any; at least one is needed),
+    e.g. a C-GET's unique keys."""
+    given = {"studies": studies, "series": series, "instances": instances, "patients": patients}
+    # NOTE: only the conditions given, so each shape of query gets its own plan
+    # (a generic "$1 IS NULL OR ..." plan would scan).
+    keys = [(name, values) for name, values in given.items() if values is not None]
+    if not keys:
+        raise ValueError("files_of needs at least one list of keys")
+    conditions = " AND ".join(
+        f"{_COLUMNS[name]} = ANY(${n}::text[])" for n, (name, _) in enumerate(keys, 1)
+    )
+    rows = await conn.fetch(_SELECT.format(conditions=conditions), *(v for _, v in keys))
     return [StoredInstance(*row) for row in rows]

@@ -28,7 +28,15 @@ from pydicom.tag import BaseTag, Tag
 
 from dicomgw.query.attributes import LEVELS, PATIENT_COUNTS, Attribute, Level, lookup
 from dicomgw.query.search import MAX_VALUE, Query, QueryError, statement
-from dicomgw.ul.uids import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+from dicomgw.ul.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    is_valid_uid,
+)
 
 QUERY_RETRIEVE_LEVEL = Tag(0x0008, 0x0052)
 SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
@@ -36,14 +44,27 @@ RETRIEVE_AE_TITLE = Tag(0x0008, 0x0054)
 INSTANCE_AVAILABILITY = Tag(0x0008, 0x0056)
 
 # PS3.4 C.6.1 and C.6.2: the levels of each information model, top down.
+_PATIENT_ROOT: Mapping[str, Level] = {
+    "PATIENT": "patient",
+    "STUDY": "study",
+    "SERIES": "series",
+    "IMAGE": "instance",
+}
+_STUDY_ROOT: Mapping[str, Level] = {"STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
 MODEL_LEVELS: Mapping[str, Mapping[str, Level]] = {
-    PATIENT_ROOT_FIND: {
-        "PATIENT": "patient",
-        "STUDY": "study",
-        "SERIES": "series",
-        "IMAGE": "instance",
-    },
-    STUDY_ROOT_FIND: {"STUDY": "study", "SERIES": "series", "IMAGE": "instance"},
+    PATIENT_ROOT_FIND: _PATIENT_ROOT,
+    PATIENT_ROOT_GET: _PATIENT_ROOT,
+    PATIENT_ROOT_MOVE: _PATIENT_ROOT,
+    STUDY_ROOT_FIND: _STUDY_ROOT,
+    STUDY_ROOT_GET: _STUDY_ROOT,
+    STUDY_ROOT_MOVE: _STUDY_ROOT,
+}
+# PS3.4 C.4.2.2.1, C.4.3.2.1: the unique key of each level, and files_of's name for it.
+_UNIQUE: Mapping[Level, tuple[str, str]] = {
+    "patient": ("PatientID", "patients"),
+    "study": ("StudyInstanceUID", "studies"),
+    "series": ("SeriesInstanceUID", "series"),
+    "instance": ("SOPInstanceUID", "instances"),
 }
 _BY_KEYWORD = {a.keyword: a for a in PATIENT_COUNTS}
 UTF8 = "ISO_IR 192"
@@ -67,14 +88,11 @@ class Find:
     """Keys with a value the index cannot match on (reported with FF01)."""
 
 
-def parse_identifier(data: bytes, implicit_vr: bool, sop_class_uid: str, limit: int) -> Find:
-    """The request's identifier as a query returning up to ``limit`` matches.
-
-    Raises :class:`IdentifierError` for bytes that are not a data set and
-    :class:`QueryError` for one that asks what the model does not define."""
+def _read(data: bytes, implicit_vr: bool, sop_class_uid: str) -> tuple[list[DataElement], str]:
+    """The identifier's elements (decoded, with its character set) and its level."""
     try:
         identifier = read_dataset(BytesIO(data), implicit_vr, True)
-        elements = list(identifier)  # decoded now, with its character set
+        elements = list(identifier)
     except Exception as exc:  # NOTE: pydicom's readers raise many kinds on bad bytes
         raise IdentifierError(f"not a data set ({type(exc).__name__}: {exc})") from None
     levels = MODEL_LEVELS[sop_class_uid]
@@ -85,7 +103,16 @@ def parse_identifier(data: bytes, implicit_vr: bool, sop_class_uid: str, limit: 
             "QueryRetrieveLevel",
             f"'{level_name[:16]}' is not one of {', '.join(levels)} of this model",
         )
-    level = levels[level_name]
+    return elements, level_name
+
+
+def parse_identifier(data: bytes, implicit_vr: bool, sop_class_uid: str, limit: int) -> Find:
+    """The request's identifier as a query returning up to ``limit`` matches.
+
+    Raises :class:`IdentifierError` for bytes that are not a data set and
+    :class:`QueryError` for one that asks what the model does not define."""
+    elements, level_name = _read(data, implicit_vr, sop_class_uid)
+    level = MODEL_LEVELS[sop_class_uid][level_name]
     find = Find(Query(level, limit=limit), level_name)
     for element in elements:
         tag = element.tag
@@ -168,3 +195,37 @@ def _dicom_value(attribute: Attribute, value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value)  # a sum of counts
     return value
+
+
+@dataclass
+class Retrieval:
+    """A C-GET or C-MOVE request's identifier, understood (PS3.4 C.4.2.1.4, C.4.3.1.3)."""
+
+    level_name: str
+    keys: dict[str, list[str]]
+    """Unique keys as :func:`dicomgw.query.files.files_of` takes them."""
+
+
+def parse_retrieval(data: bytes, implicit_vr: bool, sop_class_uid: str) -> Retrieval:
+    """The unique keys of the levels down to the one asked for: the key of that
+    level is required (one value or a list), those above are matched when given
+    (hierarchical retrieval); other keys have no place in it and are ignored."""
+    elements, level_name = _read(data, implicit_vr, sop_class_uid)
+    levels = MODEL_LEVELS[sop_class_uid]
+    wanted = list(levels.values())[: list(levels).index(level_name) + 1]
+    by_keyword = {element.keyword: element for element in elements}
+    keys: dict[str, list[str]] = {}
+    for level in wanted:
+        keyword, name = _UNIQUE[level]
+        element = by_keyword.get(keyword)
+        values = [v for v in _text(element).split("\\") if v] if element is not None else []
+        if not values:
+            if level == wanted[-1]:
+                raise QueryError(keyword, f"the unique key of the {level_name} level is missing")
+            continue
+        if keyword != "PatientID":
+            bad = [v for v in values if not is_valid_uid(v)]
+            if bad:
+                raise QueryError(keyword, f"'{bad[0][:80]}' is not a UID")
+        keys[name] = values
+    return Retrieval(level_name, keys)

@@ -19,6 +19,7 @@ from dicomgw.ingest.stack import IngestStack
 from dicomgw.receiver.refusals import RefusalAuditor
 from dicomgw.services.echo import VerificationService
 from dicomgw.services.find import FindService
+from dicomgw.services.get import GetService
 from dicomgw.services.provider import AnswerObserver, ServiceProvider
 from dicomgw.services.store import StorageService
 
@@ -47,6 +48,7 @@ class Receiver:
                 VerificationService(),
                 StorageService(self.ingest),
                 FindService(pool, config.dimse),
+                GetService(pool, config),
             ),
             head_bytes=config.index.scan_bytes,
             fsync=self.spool.fsync,

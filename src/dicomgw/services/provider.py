@@ -16,15 +16,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from dicomgw.association.acceptor import Link, MessageHandler, Peer
 from dicomgw.association.negotiation import AcceptedContext
-from dicomgw.dimse.commands import C_CANCEL_RQ, Command, CommandError, decode_command
+from dicomgw.dimse.commands import (
+    C_CANCEL_RQ,
+    RESPONSE_BIT,
+    Command,
+    CommandError,
+    decode_command,
+)
 from dicomgw.ingest.dataset import ReceivedDataSet
-from dicomgw.ul.pdu import ABORT_REASON_NOT_SPECIFIED, ABORT_UNRECOGNIZED_PDU_PARAMETER
+from dicomgw.ul.pdu import (
+    ABORT_REASON_NOT_SPECIFIED,
+    ABORT_UNEXPECTED_PDU_PARAMETER,
+    ABORT_UNRECOGNIZED_PDU_PARAMETER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,8 @@ class Response:
     command: bytes
     """The response command set (PS3.7 9.3, 10.3)."""
     status: int
+    dataset: bytes | None = None
+    """Its data set, if the command announces one (a C-GET's failed UID list)."""
 
 
 class Replies(Protocol):
@@ -42,6 +54,24 @@ class Replies(Protocol):
     async def pending(self, command: bytes, dataset: bytes | None) -> None:
         """Send one pending response (and its data set, e.g. a C-FIND match);
         returns once the peer has taken it, so a long answer holds no memory."""
+        ...
+
+    def new_message_id(self) -> int:
+        """A Message ID for a request of dicom-gw's own on this association."""
+        ...
+
+    async def request(
+        self,
+        context_id: int,
+        message_id: int,
+        command: bytes,
+        dataset: AsyncIterator[bytes],
+        timeout_s: float,
+    ) -> Command:
+        """Send a request of dicom-gw's own on this association (a C-GET's C-STORE
+        sub-operation, PS3.4 C.4.3.3) with its data set, a piece at a time, and
+        return the peer's response. ConnectionError when the association ends
+        first, TimeoutError when no response comes in ``timeout_s``."""
         ...
 
 
@@ -126,6 +156,9 @@ class AssociationServices:
         self._tail: asyncio.Task[None] | None = None
         self._running: dict[int, Operation] = {}
         """Operations under way by message ID, for C-CANCEL."""
+        self._awaiting: dict[int, asyncio.Future[Command]] = {}
+        """Requests of dicom-gw's own (C-GET sub-operations) by message ID."""
+        self._last_message_id = 0
         self.in_flight = 0
 
     def command(self, context_id: int, data: bytes) -> None:
@@ -141,6 +174,9 @@ class AssociationServices:
             return
         if command.command_field == C_CANCEL_RQ:
             self._cancel(command.message_id_being_responded_to or 0)
+            return
+        if command.command_field & RESPONSE_BIT:
+            self._response(command)
             return
         context = self._peer.acceptance.contexts[context_id]
         service = self._provider.services.get(command.command_field)
@@ -166,6 +202,30 @@ class AssociationServices:
             return
         log.info("C-CANCEL-RQ", extra={"message_id": message_id})
         operation.cancel()
+
+    def _response(self, command: Command) -> None:
+        waiting = self._awaiting.pop(command.message_id_being_responded_to or 0, None)
+        if waiting is None or command.has_data_set:
+            log.warning(
+                "a response to no request of ours: aborting",
+                extra={
+                    "command_field": command.command_field,
+                    "message_id": command.message_id_being_responded_to,
+                },
+            )
+            self._link.abort(ABORT_UNEXPECTED_PDU_PARAMETER)
+            return
+        if not waiting.done():
+            waiting.set_result(command)
+
+    def new_message_id(self) -> int:
+        self._last_message_id = self._last_message_id % 0xFFFF + 1
+        return self._last_message_id
+
+    def await_response(self, message_id: int) -> asyncio.Future[Command]:
+        waiting = asyncio.get_running_loop().create_future()
+        self._awaiting[message_id] = waiting
+        return waiting
 
     def _start(
         self, operation: Operation, command_field: int, context_id: int, has_data_set: bool
@@ -203,7 +263,7 @@ class AssociationServices:
     ) -> None:
         """Carry out one request off the receive path and answer it."""
         started = time.monotonic()
-        replies = _Replies(self._link, context_id, previous)
+        replies = _Replies(self, self._link, context_id, previous)
         try:
             response = await operation.finish(dataset, replies)
             await replies.in_turn()  # responses go out in request order
@@ -216,6 +276,8 @@ class AssociationServices:
         self.in_flight -= 1
         self._forget(operation)
         self._link.send_command(context_id, response.command)
+        if response.dataset is not None:
+            self._link.send_dataset(context_id, response.dataset)
         self._provider.on_answered(command_field, time.monotonic() - started, response.status)
         if not self.in_flight:
             self._link.settled()
@@ -234,12 +296,23 @@ class AssociationServices:
         for operation in self._running.values():
             operation.cancel()
         self._running.clear()
+        for waiting in self._awaiting.values():
+            if not waiting.done():
+                waiting.set_exception(ConnectionError("the association ended"))
+        self._awaiting.clear()
 
 
 class _Replies:
     """One operation's way to its peer, behind the operations before it."""
 
-    def __init__(self, link: Link, context_id: int, previous: asyncio.Task[None] | None) -> None:
+    def __init__(
+        self,
+        services: AssociationServices,
+        link: Link,
+        context_id: int,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        self._services = services
         self._link = link
         self._context_id = context_id
         self._previous = previous
@@ -256,3 +329,29 @@ class _Replies:
         if dataset is not None:
             self._link.send_dataset(self._context_id, dataset)
         await self._link.writable()
+
+    def new_message_id(self) -> int:
+        return self._services.new_message_id()
+
+    async def request(
+        self,
+        context_id: int,
+        message_id: int,
+        command: bytes,
+        dataset: AsyncIterator[bytes],
+        timeout_s: float,
+    ) -> Command:
+        await self.in_turn()
+        if not self._link.is_up:
+            raise ConnectionError("the association ended")
+        answer = self._services.await_response(message_id)
+        self._link.send_command(context_id, command)
+        piece = await anext(dataset, None)
+        while piece is not None:
+            following = await anext(dataset, None)
+            self._link.send_dataset(context_id, piece, last=following is None)
+            await self._link.writable()
+            if not self._link.is_up:
+                raise ConnectionError("the association ended")
+            piece = following
+        return await asyncio.wait_for(answer, timeout_s)

@@ -48,7 +48,7 @@ class StorageService:
         self._ingest = ingest
 
     def accepts(self, context: AcceptedContext) -> bool:
-        return context.is_storage
+        return context.is_storage and context.as_scp
 
     def begin(self, peer: Peer, context: AcceptedContext, command: Command) -> Operation:
         if not command.has_data_set:

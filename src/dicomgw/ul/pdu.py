@@ -124,16 +124,17 @@ UNLIMITED_FRAGMENT = 1 << 20
 """Fragment size for a peer that set no Maximum Length Received (0: unlimited)."""
 
 
-def p_data_dataset(context_id: int, data: bytes, peer_max_pdu: int) -> bytes:
-    """A data set as P-DATA-TFs of one PDV each, each within the peer's Maximum
-    Length Received (PS3.8 D.1: it bounds the PDU-length, 6 bytes of which are
-    the PDV's item length, context ID and message control header)."""
+def p_data_dataset(context_id: int, data: bytes, peer_max_pdu: int, *, last: bool = True) -> bytes:
+    """A data set (or, with ``last`` False, a piece of one) as P-DATA-TFs of one
+    PDV each, each within the peer's Maximum Length Received (PS3.8 D.1: it bounds
+    the PDU-length, 6 bytes of which are the PDV's item length, context ID and
+    message control header)."""
     size = peer_max_pdu - 6 if peer_max_pdu else UNLIMITED_FRAGMENT
     view = memoryview(data)
     out = []
     for start in range(0, max(len(data), 1), size):
         fragment = view[start : start + size]
-        last = start + size >= len(data)
-        out.append(p_data_headers(context_id, MCH_LAST if last else 0, len(fragment)))
+        end = last and start + size >= len(data)
+        out.append(p_data_headers(context_id, MCH_LAST if end else 0, len(fragment)))
         out.append(bytes(fragment))
     return b"".join(out)
