@@ -30,7 +30,7 @@ import senders
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from dicomgw.forward.delivery import dataset_checksum
+    from dicomgw.send.delivery import dataset_checksum
     from dicomgw.storage.part10 import parse_file_meta
 
     items = []
@@ -57,10 +57,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     import uvloop
-    from dicomgw.forward.dimse import DimseSender
 
     from dicomgw.config import DimseDestination
-    from dicomgw.forward.delivery import StoredInstance
+    from dicomgw.send.delivery import StoredInstance
+    from dicomgw.send.dimse import DimseSender
 
     rows = json.loads(args.items.read_text())
     items = [

@@ -380,7 +380,7 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> int:
     from dicomgw import audit
     from dicomgw.db.pool import create_pool
     from dicomgw.db.server import database
-    from dicomgw.forward import secrets
+    from dicomgw.send import secrets
 
     config = _config(args)
     _setup_logging(config)

@@ -33,11 +33,11 @@ from dicomgw.db.embedded import EmbeddedPostgres
 from dicomgw.db.pool import close_pool, create_pool
 from dicomgw.db.server import database_server
 from dicomgw.errors import DatabaseError, DicomGwError
-from dicomgw.forward.destinations import apply_declared
-from dicomgw.forward.secrets import SecretBox
 from dicomgw.forward.supervisor import Forwarder, SendObserver
 from dicomgw.index.batcher import init_connection
 from dicomgw.receiver.server import Receiver
+from dicomgw.send.destinations import apply_declared
+from dicomgw.send.secrets import SecretBox
 from dicomgw.statedir import StateDirLock
 from dicomgw.stats import rollup_forever
 from dicomgw.storage.layout import prepare_storage

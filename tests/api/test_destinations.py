@@ -21,8 +21,8 @@ from dicomgw.api.app import ROUTES
 from dicomgw.api.resources import destinations, queue, rules
 from dicomgw.config import Config, load_config
 from dicomgw.db.channels import ROUTING
-from dicomgw.forward.destinations import apply_declared
-from dicomgw.forward.secrets import SecretBox
+from dicomgw.send.destinations import apply_declared
+from dicomgw.send.secrets import SecretBox
 from tests.api.inprocess import Api, api_config, logged_in, migrated
 from tests.interop.corpus import running_sink
 from tests.records import indexing, record

@@ -12,9 +12,9 @@ import orjson
 
 from dicomgw.config import Config
 from dicomgw.db.channels import JOBS
-from dicomgw.forward.delivery import Outcome
 from dicomgw.queue import jobs
 from dicomgw.queue.jobs import RetryPolicy
+from dicomgw.send.delivery import Outcome
 from tests.api.inprocess import Api
 from tests.api.test_destinations import (
     CLOUD,

@@ -11,8 +11,8 @@ import orjson
 
 from dicomgw.config import load_config
 from dicomgw.db.channels import ROUTING
-from dicomgw.forward.destinations import apply_declared
-from dicomgw.forward.secrets import SecretBox
+from dicomgw.send.destinations import apply_declared
+from dicomgw.send.secrets import SecretBox
 from tests.api.test_destinations import (
     CLOUD,
     PACS,

@@ -19,14 +19,14 @@ import pytest
 
 from dicomgw.db import migrate
 from dicomgw.db.channels import JOBS
-from dicomgw.forward.delivery import Outcome
-from dicomgw.forward.destinations import apply_declared, load_destinations
-from dicomgw.forward.secrets import SecretBox
 from dicomgw.index.batcher import IndexBatcher
 from dicomgw.index.records import InstanceRecord
 from dicomgw.ingest.routing import RoutingTable
 from dicomgw.queue import jobs
 from dicomgw.queue.jobs import RetryPolicy
+from dicomgw.send.delivery import Outcome
+from dicomgw.send.destinations import apply_declared, load_destinations
+from dicomgw.send.secrets import SecretBox
 from tests.records import (
     DESTINATIONS,
     EVERYTHING_TO_PACS1,

@@ -19,8 +19,6 @@ import asyncpg
 import pytest
 
 from dicomgw.db import migrate
-from dicomgw.forward.destinations import apply_declared
-from dicomgw.forward.secrets import SecretBox
 from dicomgw.index.batcher import (
     INGEST,
     STAGING_VACUUM_EVERY,
@@ -32,6 +30,8 @@ from dicomgw.index.batcher import (
 )
 from dicomgw.index.records import InstanceRecord, JobRoute
 from dicomgw.ingest.routing import Rule, load_rules, route
+from dicomgw.send.destinations import apply_declared
+from dicomgw.send.secrets import SecretBox
 from tests.records import DESTINATIONS, EVERYTHING_TO_PACS1, declared_config, record
 
 ROUTES = (

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from dicomgw.accounts import add_user
 from dicomgw.db import migrate
-from dicomgw.forward.secrets import KEY_FILE, SecretBox, SecretsError
+from dicomgw.send.secrets import KEY_FILE, SecretBox, SecretsError
 from tests.cli import cli_env, run_cli
 
 
@@ -97,7 +97,7 @@ async def test_a_foreign_secret_stops_it(db: str, state_dir: Path) -> None:
 async def test_the_forwarder_skips_a_destination_it_cannot_decrypt(
     db: str, state_dir: Path
 ) -> None:
-    from dicomgw.forward.destinations import load_destinations
+    from dicomgw.send.destinations import load_destinations
 
     conn = await asyncpg.connect(db)
     try:

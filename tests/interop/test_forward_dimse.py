@@ -23,9 +23,9 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from dicomgw._core import crc32c
 from dicomgw.config import DimseDestination
-from dicomgw.forward.convert import convert_dataset
-from dicomgw.forward.delivery import Outcome, StoredInstance
-from dicomgw.forward.dimse import DimseSender, EchoFailed
+from dicomgw.send.convert import convert_dataset
+from dicomgw.send.delivery import Outcome, StoredInstance
+from dicomgw.send.dimse import DimseSender, EchoFailed
 from dicomgw.storage.part10 import parse_file_meta
 from tests.gateway import Gateway, free_port, wait_listening
 from tests.interop.corpus import (

@@ -25,8 +25,8 @@ from pydicom.uid import UID, generate_uid
 from dicomgw._core import crc32c
 from dicomgw.config import StowDestination
 from dicomgw.errors import ConfigError
-from dicomgw.forward.delivery import Outcome, StoredInstance
-from dicomgw.forward.stowrs import CHUNK_SIZE, DestinationUnreachable, StowSender
+from dicomgw.send.delivery import Outcome, StoredInstance
+from dicomgw.send.stowrs import CHUNK_SIZE, DestinationUnreachable, StowSender
 from dicomgw.storage.part10 import parse_file_meta
 from tests.interop.orthanc import Orthanc, running_orthanc
 

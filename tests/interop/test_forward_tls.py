@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from dicomgw.association.tls import client_context
-from dicomgw.forward import dimse
-from dicomgw.forward.dimse import DimseSender, EchoFailed
+from dicomgw.send import dimse
+from dicomgw.send.dimse import DimseSender, EchoFailed
 from dicomgw.storage.part10 import parse_file_meta
 from tests.certs import Pki, make_pki
 from tests.gateway import free_port

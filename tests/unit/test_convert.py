@@ -1,4 +1,4 @@
-"""dicomgw.forward.convert against pydicom as the oracle, on pydicom's bundled test files
+"""dicomgw.send.convert against pydicom as the oracle, on pydicom's bundled test files
 stored the way dicom-gw stores them (our header, then the data set bytes as sent)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomgw.forward.convert import ConversionError, conversion_targets, convert_dataset
+from dicomgw.send.convert import ConversionError, conversion_targets, convert_dataset
 from dicomgw.storage.part10 import build_header, parse_file_meta
 
 EXPLICIT, IMPLICIT, DEFLATED = (

@@ -14,7 +14,7 @@ from dicomgw.api.auth import Throttle
 from dicomgw.api.ingesting import Ingesting
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.config import Config
-from dicomgw.forward.secrets import SecretBox
+from dicomgw.send.secrets import SecretBox
 
 PREFIX = "/api/v1"
 ROW_ID = "id"

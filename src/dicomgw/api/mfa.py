@@ -17,7 +17,7 @@ import asyncpg
 import pyotp
 import segno
 
-from dicomgw.forward.secrets import SecretBox
+from dicomgw.send.secrets import SecretBox
 
 ISSUER = "dicom-gw"
 RECOVERY_CODES = 10

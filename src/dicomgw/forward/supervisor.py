@@ -24,11 +24,11 @@ import asyncpg
 
 from dicomgw.config import Destination, DimseDestination, ForwarderConfig
 from dicomgw.db import channels
-from dicomgw.forward.delivery import UNOBSERVED, Outcome, Progress, StoredInstance
-from dicomgw.forward.destinations import DestinationRow, load_destinations
-from dicomgw.forward.secrets import SecretBox
 from dicomgw.queue import jobs
 from dicomgw.queue.jobs import ClaimedJob, RetryPolicy
+from dicomgw.send.delivery import UNOBSERVED, Outcome, Progress, StoredInstance
+from dicomgw.send.destinations import DestinationRow, load_destinations
+from dicomgw.send.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ class Sender(Protocol):
 
 def make_sender(destination: Destination) -> Sender:
     if isinstance(destination, DimseDestination):
-        from dicomgw.forward.dimse import DimseSender
+        from dicomgw.send.dimse import DimseSender
 
         return DimseSender(destination)
-    from dicomgw.forward.stowrs import StowSender
+    from dicomgw.send.stowrs import StowSender
 
     return StowSender(destination)
 

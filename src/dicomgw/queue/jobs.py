@@ -44,7 +44,7 @@ class ClaimedJob:
 
 
 class Result(Protocol):
-    """What a sender reports for one job (dicomgw.forward.delivery.Outcome)."""
+    """What a sender reports for one job (dicomgw.send.delivery.Outcome)."""
 
     @property
     def kind(self) -> str: ...

@@ -30,10 +30,10 @@ from dicomgw.api.problems import Problem, invalid, not_found
 from dicomgw.api.validation import body_of
 from dicomgw.config import Destination, DimseDestination, StowDestination
 from dicomgw.db import channels
-from dicomgw.forward.destinations import SECRET_FIELDS, join, split
 from dicomgw.forward.probe import ProbeResult, run_probe
-from dicomgw.forward.secrets import SecretBox, SecretsError
 from dicomgw.queue import jobs
+from dicomgw.send.destinations import SECRET_FIELDS, join, split
+from dicomgw.send.secrets import SecretBox, SecretsError
 
 READERS = ("viewer", "operator")
 WRITERS = ("operator",)

@@ -40,8 +40,8 @@ from dicomgw.dimse.status import (
     status_category,
 )
 from dicomgw.errors import DicomGwError
-from dicomgw.forward.convert import ConversionError, conversion_targets, convert_dataset
-from dicomgw.forward.delivery import (
+from dicomgw.send.convert import ConversionError, conversion_targets, convert_dataset
+from dicomgw.send.delivery import (
     UNOBSERVED,
     WITHDRAWN,
     ChecksumMismatch,

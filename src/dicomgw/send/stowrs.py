@@ -24,7 +24,7 @@ import orjson
 from dicomgw.config import StowDestination
 from dicomgw.dimse import status
 from dicomgw.errors import ConfigError, DicomGwError
-from dicomgw.forward.delivery import (
+from dicomgw.send.delivery import (
     UNOBSERVED,
     WITHDRAWN,
     ChecksumMismatch,

@@ -16,8 +16,8 @@ import orjson
 
 from dicomgw.config import Config, Destination, DimseDestination, StowDestination
 from dicomgw.db import channels
-from dicomgw.forward.secrets import SecretBox, SecretsError
 from dicomgw.ingest.routing import Rule
+from dicomgw.send.secrets import SecretBox, SecretsError
 
 log = logging.getLogger(__name__)
 
