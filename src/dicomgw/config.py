@@ -115,7 +115,8 @@ class DimseConfig(_Section, frozen=True):
     accepted_sop_classes: tuple[UID, ...] = ()
     """Empty: Verification, every storage SOP class and unknown (private) ones."""
     query_ae_titles: tuple[AETitle, ...] = ()
-    """Calling AE titles that may query and retrieve what is stored (C-FIND, C-GET;
+    """Calling AE titles that may query and retrieve what is stored (C-FIND, C-GET,
+    C-MOVE;
     Patient and Study Root); ``"*"``: any that may associate. Empty: Query/Retrieve
     is not offered."""
     max_query_matches: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000

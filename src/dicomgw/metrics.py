@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from dicomgw.certificates import CertificateError, info, read_certificates, watched
 from dicomgw.config import Config
-from dicomgw.dimse.commands import C_FIND_RQ, C_GET_RQ, C_STORE_RQ
+from dicomgw.dimse.commands import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RQ
 from dicomgw.ul import pdu
 
 if TYPE_CHECKING:
@@ -143,9 +143,10 @@ class ServeMetrics:
         )
         self.retrievals = counter(
             "dicomgw_dimse_retrievals",
-            "C-GETs answered, by final status (0x0000 every sub-operation done, 0xB000 some "
-            "failed, 0xA702 all failed, 0xFE00 cancelled, 0xA900/0xC000 refused).",
-            ["status"],
+            "C-GETs and C-MOVEs answered, by service and final status (0x0000 every "
+            "sub-operation done, 0xB000 some failed, 0xA702 all failed, 0xFE00 cancelled, "
+            "0xA801 unknown move destination, 0xA900/0xC000 refused).",
+            ["service", "status"],
         )
         self.query_duration = Histogram(
             "dicomgw_cfind_duration_seconds",
@@ -220,8 +221,9 @@ class ServeMetrics:
             self.queries.labels(f"0x{status:04X}").inc()
             self.query_duration.observe(seconds)
             return
-        if command_field == C_GET_RQ:
-            self.retrievals.labels(f"0x{status:04X}").inc()
+        if command_field in (C_GET_RQ, C_MOVE_RQ):
+            service = "get" if command_field == C_GET_RQ else "move"
+            self.retrievals.labels(service, f"0x{status:04X}").inc()
             return
         if command_field != C_STORE_RQ:
             return

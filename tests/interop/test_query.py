@@ -4,9 +4,11 @@ the gateway stored (Patient Root and Study Root, every level)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import uuid
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ import asyncpg
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (
     CTImageStorage,
@@ -24,28 +27,34 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from dicomgw.association.acceptor import Peer
 from dicomgw.association.negotiation import Acceptance, AcceptedContext
-from dicomgw.config import DimseConfig
+from dicomgw.config import Config, DimseConfig
 from dicomgw.dimse.commands import (
     Command,
     decode_command,
     encode_c_cancel_rq,
     encode_c_find_rq,
+    encode_c_get_rq,
+    encode_c_store_rsp,
 )
 from dicomgw.services.find import FindService
+from dicomgw.services.get import GetService
 from dicomgw.services.provider import ServiceProvider
 from dicomgw.ul.uids import IMPLICIT_VR_LITTLE_ENDIAN
 from tests.conftest import _create_database, with_database
-from tests.gateway import Gateway, running
+from tests.gateway import Gateway, free_port, running, wait_listening
 from tests.interop.corpus import NODELAY, Item, _item, _save, dcmtk_env, image_dataset
 from tests.interop.corpus import send_with_pynetdicom as send
 from tests.support.wait import eventually
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 MAX_MATCHES = 20
+MOVE_PORTS = {ae: free_port() for ae in ("MOVESCP", "PYSCP", "DOWNSCP", "OFFSCP")}
+"""The move destinations' ports (DOWNSCP and OFFSCP: nothing listens)."""
 
 
 def _study(
@@ -74,6 +83,7 @@ def stored(workdir: Path, pg_server: str) -> Iterator[tuple[Gateway, dict[str, l
     asyncio.run(_create_database(pg_server, name))
     state = workdir / name
     state.mkdir(mode=0o755)
+    dimse = "type: dimse, host: 127.0.0.1"
     gateway = Gateway(
         state,
         with_database(pg_server, name),
@@ -81,6 +91,16 @@ def stored(workdir: Path, pg_server: str) -> Iterator[tuple[Gateway, dict[str, l
             "DICOMGW_DIMSE__QUERY_AE_TITLES": "[FINDSCU, PYQR]",
             "DICOMGW_DIMSE__MAX_QUERY_MATCHES": str(MAX_MATCHES),
         },
+        # Move destinations (no routes: nothing is forwarded to them).
+        config_yaml=(
+            "destinations:\n"
+            f"  - {{name: station, ae_title: MOVESCP, port: {MOVE_PORTS['MOVESCP']}, {dimse}}}\n"
+            f"  - {{name: viewer, ae_title: PYSCP, port: {MOVE_PORTS['PYSCP']}, {dimse}}}\n"
+            f"  - {{name: down, ae_title: DOWNSCP, port: {MOVE_PORTS['DOWNSCP']}, {dimse},\n"
+            "     connect_timeout_s: 2}\n"
+            f"  - {{name: unused, ae_title: OFFSCP, port: {MOVE_PORTS['OFFSCP']}, {dimse},\n"
+            "     enabled: false}\n"
+        ),
     )
     data = state / "data"
     studies = {
@@ -475,3 +495,156 @@ def test_c_get_of_nothing_stored_is_success_with_no_sub_operations(
     gateway, _ = stored
     answers, received = get(gateway, query("STUDY", StudyInstanceUID=generate_uid()), [])
     assert [s for s, _ in answers] == [0x0000] and received == {}
+
+
+# -- C-MOVE -----------------------------------------------------------------------------
+
+MOVE = StudyRootQueryRetrieveInformationModelMove
+
+
+@contextlib.contextmanager
+def storage_scp(ae_title: str) -> Iterator[list[Any]]:
+    """A pynetdicom Storage SCP on the move destination's port: each C-STORE-RQ
+    it receives (its command and raw data set bytes)."""
+    received: list[Any] = []
+
+    def on_store(event: Any) -> int:
+        received.append((event.request, event.request.DataSet.getvalue()))
+        return 0x0000
+
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = StoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", MOVE_PORTS[ae_title]),
+        block=False,
+        evt_handlers=[*NODELAY, (evt.EVT_C_STORE, on_store)],
+    )
+    try:
+        yield received
+    finally:
+        server.shutdown()
+
+
+def move(
+    gateway: Gateway, identifier: Dataset, destination: str
+) -> list[tuple[int, Dataset | None]]:
+    ae = AE(ae_title="PYQR")
+    ae.add_requested_context(MOVE)
+    assoc = ae.associate("127.0.0.1", gateway.dimse_port, ae_title="DICOMGW", evt_handlers=NODELAY)
+    assert assoc.is_established
+    try:
+        return [
+            (int(s.Status), i)
+            for s, i in assoc.send_c_move(identifier, destination, MOVE, msg_id=9)
+        ]
+    finally:
+        assoc.release()
+
+
+def test_c_move_sends_the_stored_bytes_to_the_destination(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    ct = studies["ct"]
+    with storage_scp("PYSCP") as received:
+        answers = move(gateway, query("STUDY", StudyInstanceUID=ct[0].study_instance_uid), "PYSCP")
+    assert answers[-1][0] == 0x0000, answers
+    assert {r.AffectedSOPInstanceUID: data for r, data in received} == {
+        item.sop_instance_uid: item.dataset_bytes() for item in ct
+    }
+    # Each C-STORE names the C-MOVE it serves (PS3.7 9.3.1.1).
+    assert {
+        (r.MoveOriginatorApplicationEntityTitle, r.MoveOriginatorMessageID) for r, _ in received
+    } == {("PYQR", 9)}
+
+
+def test_movescu_moves_a_study_to_storescp(
+    stored: tuple[Gateway, dict[str, list[Item]]], tmp_path: Path
+) -> None:
+    gateway, studies = stored
+    mr = studies["mr"]
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "MOVESCP", "-od", str(tmp_path), str(MOVE_PORTS["MOVESCP"])],
+        env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_listening(MOVE_PORTS["MOVESCP"], scp)
+        done = subprocess.run(
+            ["movescu", "-S", "-aet", "FINDSCU", "-aec", "DICOMGW", "-aem", "MOVESCP",
+             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={mr[0].study_instance_uid}",
+             "127.0.0.1", str(gateway.dimse_port)],
+            env=dcmtk_env(), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert done.returncode == 0, done.stderr
+    got = {dcmread(path).SOPInstanceUID for path in tmp_path.iterdir()}
+    assert got == {item.sop_instance_uid for item in mr}
+
+
+@pytest.mark.parametrize("destination", ["NOSUCHAE", "OFFSCP"])
+def test_a_move_to_an_unknown_or_disabled_destination_is_a801(
+    stored: tuple[Gateway, dict[str, list[Item]]], destination: str
+) -> None:
+    gateway, studies = stored
+    identifier = query("STUDY", StudyInstanceUID=studies["ct"][0].study_instance_uid)
+    assert [s for s, _ in move(gateway, identifier, destination)] == [0xA801]
+
+
+def test_a_move_to_a_destination_that_is_down_fails_every_sub_operation(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    ct = studies["ct"]
+    answers = move(gateway, query("STUDY", StudyInstanceUID=ct[0].study_instance_uid), "DOWNSCP")
+    status, identifier = answers[-1]
+    assert status == 0xA702
+    assert identifier is not None
+    assert sorted(identifier.FailedSOPInstanceUIDList) == sorted(i.sop_instance_uid for i in ct)
+
+
+async def test_c_cancel_stops_a_c_get_before_its_next_sub_operation(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    assert gateway.dsn is not None
+    pool = await asyncpg.create_pool(gateway.dsn, min_size=1, max_size=2)
+    try:
+        config = Config(state_dir=str(gateway.state_dir))
+        provider = ServiceProvider([GetService(pool, config)], head_bytes=65536, fsync=False)
+        get_context = AcceptedContext(1, GET, IMPLICIT_VR_LITTLE_ENDIAN, False)
+        # The requestor took the SCP role for CT on context 3.
+        ct_context = AcceptedContext(3, CTImageStorage, EXPLICIT_LE, True, as_scu=True)
+        acceptance = Acceptance("PYQR", "DICOMGW", 0, {1: get_context, 3: ct_context}, b"")
+        link = HeldLink()
+        link.taken.set()
+        handler = provider.attach(Peer("a1", "127.0.0.1", 1234, acceptance), link)
+        big = studies["big"]
+        identifier = encode(query("STUDY", StudyInstanceUID=big[0].study_instance_uid), True, True)
+        assert identifier is not None
+        handler.command(1, encode_c_get_rq(5, GET))
+        handler.dataset(1, 0, len(identifier), identifier, 0)
+        await eventually(lambda: len(link.sent) == 1)  # the first C-STORE-RQ
+        store = link.sent[0]
+        assert store.affected_sop_instance_uid == big[0].sop_instance_uid
+        assert b"".join(link.datasets) == big[0].dataset_bytes()
+        # Its response, and a C-CANCEL-RQ, before the operation goes on.
+        handler.command(
+            3,
+            encode_c_store_rsp(
+                store.message_id or 0, CTImageStorage, store.affected_sop_instance_uid, 0
+            ),
+        )
+        handler.command(1, encode_c_cancel_rq(5))
+        await eventually(lambda: handler.in_flight == 0)
+        answers = [(c.command_field, c.status) for c in link.sent[1:]]
+        assert answers == [(0x8010, 0xFF00), (0x8010, 0xFE00)]
+        final = decode_identifier(link.datasets[-1])
+        assert len(final.FailedSOPInstanceUIDList) == len(big) - 1  # all but the one sent
+    finally:
+        await pool.close()
+
+
+def decode_identifier(data: bytes) -> Dataset:
+    return read_dataset(BytesIO(data), True, True)

@@ -267,9 +267,11 @@ class Requestor:
         offset: int,
         length: int,
         expected_crc: int | None = None,
+        move_originator: tuple[str, int] | None = None,
     ) -> tuple[int, str | None]:
         """C-STORE (PS3.7 9.3.1) of the ``length`` bytes at ``offset`` of the open
         file ``fd``, sent from an mmap of it; the (status, error comment) answered.
+        ``move_originator``: (AE title, message ID) of the C-MOVE it serves.
 
         With ``expected_crc`` (CRC-32C) a data set that does not match is never
         completed: :class:`~dicomgw._core.ChecksumMismatch` is raised after the
@@ -278,7 +280,12 @@ class Requestor:
         """
         with _mapped(fd, offset, length) as data:
             return await self.c_store_bytes(
-                context_id, sop_class_uid, sop_instance_uid, data, expected_crc
+                context_id,
+                sop_class_uid,
+                sop_instance_uid,
+                data,
+                expected_crc,
+                move_originator=move_originator,
             )
 
     async def c_store_bytes(
@@ -288,6 +295,8 @@ class Requestor:
         sop_instance_uid: str,
         data: bytes | memoryview,
         expected_crc: int | None = None,
+        *,
+        move_originator: tuple[str, int] | None = None,
     ) -> tuple[int, str | None]:
         """C-STORE (PS3.7 9.3.1) of a data set in memory (e.g. converted); the
         (status, error comment) answered."""
@@ -295,7 +304,14 @@ class Requestor:
             raise ValueError(f"presentation context {context_id} was not accepted by {self.peer}")
         with self._operation("sending a C-STORE-RQ"):
             message_id = self._next_message_id()
-            command = encode_c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+            originator_ae, originator_id = move_originator or (None, None)
+            command = encode_c_store_rq(
+                message_id,
+                sop_class_uid,
+                sop_instance_uid,
+                move_originator_ae_title=originator_ae,
+                move_originator_message_id=originator_id,
+            )
             await self._send_bytes(
                 command_pdus(context_id, command, self._max_pdu_length), more=True
             )

@@ -60,6 +60,7 @@ _AFFECTED_SOP_CLASS_UID = 0x0002
 _COMMAND_FIELD = 0x0100
 _MESSAGE_ID = 0x0110
 _MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
+_MOVE_DESTINATION = 0x0600
 _PRIORITY = 0x0700
 _COMMAND_DATA_SET_TYPE = 0x0800
 _STATUS = 0x0900
@@ -121,6 +122,8 @@ class Command:
     move_originator_message_id: int | None
     status: int | None
     error_comment: str | None
+    move_destination: str | None = None
+    """C-MOVE-RQ: the AE title to send the instances to (PS3.7 9.3.4.1)."""
 
     @property
     def has_data_set(self) -> bool:
@@ -133,7 +136,7 @@ class Command:
 
 
 # Indices into the value list that becomes Command(*values), in field order.
-_CF, _MID, _MIDR, _CUID, _IUID, _CDST, _PRIO, _MAE, _MMID, _STAT, _COMMENT = range(11)
+_CF, _MID, _MIDR, _CUID, _IUID, _CDST, _PRIO, _MAE, _MMID, _STAT, _COMMENT, _MDEST = range(12)
 _US_KIND, _UI_KIND, _AE_KIND, _LO_KIND = range(4)
 _DECODED: Final[dict[int, tuple[int, int, str]]] = {
     _AFFECTED_SOP_CLASS_UID: (_CUID, _UI_KIND, "AffectedSOPClassUID"),
@@ -147,6 +150,7 @@ _DECODED: Final[dict[int, tuple[int, int, str]]] = {
     _AFFECTED_SOP_INSTANCE_UID: (_IUID, _UI_KIND, "AffectedSOPInstanceUID"),
     _MOVE_ORIGINATOR_AE_TITLE: (_MAE, _AE_KIND, "MoveOriginatorApplicationEntityTitle"),
     _MOVE_ORIGINATOR_MESSAGE_ID: (_MMID, _US_KIND, "MoveOriginatorMessageID"),
+    _MOVE_DESTINATION: (_MDEST, _AE_KIND, "MoveDestination"),
 }
 # PS3.7 9.3: the mandatory elements of each request, beyond those of every message.
 _REQUIRED: Final[dict[int, tuple[tuple[int, str], ...]]] = {
@@ -158,7 +162,11 @@ _REQUIRED: Final[dict[int, tuple[tuple[int, str], ...]]] = {
     C_ECHO_RQ: ((_CUID, "AffectedSOPClassUID"),),
     C_FIND_RQ: ((_CUID, "AffectedSOPClassUID"), (_PRIO, "Priority")),
     C_GET_RQ: ((_CUID, "AffectedSOPClassUID"), (_PRIO, "Priority")),
-    C_MOVE_RQ: ((_CUID, "AffectedSOPClassUID"), (_PRIO, "Priority")),
+    C_MOVE_RQ: (
+        (_CUID, "AffectedSOPClassUID"),
+        (_PRIO, "Priority"),
+        (_MDEST, "MoveDestination"),
+    ),
 }
 
 
@@ -184,7 +192,7 @@ def decode_command(data: bytes) -> Command:
     if group_length != end - 12:
         raise CommandError(f"CommandGroupLength is {group_length} but {end - 12} bytes follow it")
 
-    values: list[int | str | None] = [None] * 11
+    values: list[int | str | None] = [None] * 12
     offset = 12
     previous = _GROUP_LENGTH
     while offset < end:
@@ -421,6 +429,45 @@ def _counts(counts: SubOperations | None, status: int) -> tuple[bytes, ...]:
         _us(_COMPLETED, counts.completed),
         _us(_FAILED, counts.failed),
         _us(_WARNING, counts.warning),
+    )
+
+
+def encode_c_move_rsp(
+    message_id_being_responded_to: int,
+    affected_sop_class_uid: str,
+    status: int,
+    counts: SubOperations | None,
+    *,
+    identifier: bool = False,
+    error_comment: str | None = None,
+) -> bytes:
+    """C-MOVE-RSP, PS3.7 9.3.4.2 Table 9.3-11: as C-GET-RSP."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _us(_COMMAND_FIELD, C_MOVE_RSP),
+        _us(_MESSAGE_ID_BEING_RESPONDED_TO, message_id_being_responded_to),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT if identifier else NO_DATA_SET),
+        _us(_STATUS, status),
+        _error_comment(status, error_comment),
+        *_counts(counts, status),
+    )
+
+
+def encode_c_move_rq(
+    message_id: int,
+    affected_sop_class_uid: str,
+    move_destination: str,
+    *,
+    priority: int = PRIORITY_MEDIUM,
+) -> bytes:
+    """C-MOVE-RQ, PS3.7 9.3.4.1 Table 9.3-10; the identifier follows as its data set."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _us(_COMMAND_FIELD, C_MOVE_RQ),
+        _us(_MESSAGE_ID, message_id),
+        _ae(_MOVE_DESTINATION, move_destination),
+        _us(_PRIORITY, priority),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT),
     )
 
 

@@ -9,7 +9,7 @@ import asyncpg
 
 _SELECT = """
 SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_path, i.size_bytes,
-       se.series_instance_uid, i.dataset_size
+       se.series_instance_uid, i.dataset_size, i.id, i.checksum
 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
 WHERE {conditions}
   AND NOT EXISTS (SELECT 1 FROM instances n
@@ -35,6 +35,9 @@ class StoredInstance:
     series_instance_uid: str
     dataset_size: int
     """The data set, exactly as received, is the file's last ``dataset_size`` bytes."""
+    instance_id: int
+    checksum: str
+    """``crc32c:xxxxxxxx`` of the data set, recorded at ingest."""
 
 
 async def stored_files(

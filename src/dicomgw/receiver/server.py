@@ -20,6 +20,7 @@ from dicomgw.receiver.refusals import RefusalAuditor
 from dicomgw.services.echo import VerificationService
 from dicomgw.services.find import FindService
 from dicomgw.services.get import GetService
+from dicomgw.services.move import MoveService
 from dicomgw.services.provider import AnswerObserver, ServiceProvider
 from dicomgw.services.store import StorageService
 
@@ -49,6 +50,7 @@ class Receiver:
                 StorageService(self.ingest),
                 FindService(pool, config.dimse),
                 GetService(pool, config),
+                MoveService(pool, config),
             ),
             head_bytes=config.index.scan_bytes,
             fsync=self.spool.fsync,

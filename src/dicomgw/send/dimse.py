@@ -118,8 +118,13 @@ class DimseSender:
     serialized; the forwarder runs ``max_parallel`` senders for parallelism.
     """
 
-    def __init__(self, destination: DimseDestination) -> None:
+    def __init__(
+        self, destination: DimseDestination, *, move_originator: tuple[str, int] | None = None
+    ) -> None:
+        """``move_originator``: (AE title, message ID) of the C-MOVE these
+        C-STOREs are the sub-operations of (PS3.7 9.3.1.1)."""
         self._destination = destination
+        self._move_originator = move_originator
         self._name = destination.name
         self._peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
         self._fallbacks = destination.preferred_transfer_syntaxes or DEFAULT_FALLBACKS
@@ -365,6 +370,7 @@ class DimseSender:
                     offset=offset,
                     length=item.dataset_size,
                     expected_crc=crc,
+                    move_originator=self._move_originator,
                 )
             except DataSetChecksumMismatch as exc:
                 return _damaged(
@@ -389,7 +395,11 @@ class DimseSender:
                 problems.append(exc.reason)
                 continue
             status, comment = await requestor.c_store_bytes(
-                context_id, sop_class, item.sop_instance_uid, data
+                context_id,
+                sop_class,
+                item.sop_instance_uid,
+                data,
+                move_originator=self._move_originator,
             )
             return dataclasses.replace(classify(status, comment, self._peer), converted_to=target)
         if problems:
