@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from io import BytesIO
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -25,6 +27,7 @@ from pynetdicom.sop_class import (
     MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -648,3 +651,124 @@ async def test_c_cancel_stops_a_c_get_before_its_next_sub_operation(
 
 def decode_identifier(data: bytes) -> Dataset:
     return read_dataset(BytesIO(data), True, True)
+
+
+# -- Storage Commitment Push Model ------------------------------------------------------
+
+
+def commit(
+    gateway: Gateway, references: list[tuple[str, str]], transaction: str
+) -> tuple[int, list[tuple[int, Dataset]]]:
+    """pynetdicom as the commitment SCU: the N-ACTION status, and each N-EVENT-REPORT
+    (event type, event information) received on the association."""
+    reports: list[tuple[int, Dataset]] = []
+    reported = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append((int(event.event_type), event.event_information))
+        reported.set()
+        return 0x0000, None
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate(
+        "127.0.0.1",
+        gateway.dimse_port,
+        ae_title="DICOMGW",
+        evt_handlers=[*NODELAY, (evt.EVT_N_EVENT_REPORT, on_report)],
+    )
+    assert assoc.is_established
+    request = Dataset()
+    request.TransactionUID = transaction
+    request.ReferencedSOPSequence = []
+    for sop_class, sop_instance in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        request.ReferencedSOPSequence.append(item)
+    try:
+        status, _ = assoc.send_n_action(
+            request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+        )
+        if status.Status == 0x0000:
+            assert reported.wait(30), "no N-EVENT-REPORT within 30 s"
+    finally:
+        assoc.release()
+    return int(status.Status), reports
+
+
+def test_storage_commitment_reports_what_is_stored_intact(
+    stored: tuple[Gateway, dict[str, list[Item]]], tmp_path: Path
+) -> None:
+    gateway, studies = stored
+    mr, ct = studies["mr"], studies["ct"]
+    # One more instance, whose stored data set then rots (as the index cannot know).
+    rotten = _study(tmp_path / "rot", ("Doe^Jane", "P-A"), "20240105", "CT", count=1, accession="R")
+    assert set(send(rotten, gateway.dimse_port).values()) == {0}
+    assert gateway.dsn is not None
+    with psycopg.connect(gateway.dsn) as conn:
+        row = conn.execute(
+            "SELECT file_path FROM instances WHERE sop_instance_uid = %s",
+            (rotten[0].sop_instance_uid,),
+        ).fetchone()
+    assert row is not None
+    damaged = gateway.storage / row[0]
+    data = bytearray(damaged.read_bytes())
+    data[-10] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    unknown = generate_uid()
+    transaction = generate_uid()
+    references = [
+        (mr[0].sop_class_uid, mr[0].sop_instance_uid),
+        (mr[1].sop_class_uid, mr[1].sop_instance_uid),
+        (ct[0].sop_class_uid, unknown),
+        (MRImageStorage, ct[1].sop_instance_uid),  # it is a CT
+        (rotten[0].sop_class_uid, rotten[0].sop_instance_uid),
+    ]
+    status, reports = commit(gateway, references, transaction)
+    assert status == 0x0000
+    [(event_type, info)] = reports
+    assert event_type == 2  # some failed
+    assert info.TransactionUID == transaction
+    assert [i.ReferencedSOPInstanceUID for i in info.ReferencedSOPSequence] == [
+        mr[0].sop_instance_uid,
+        mr[1].sop_instance_uid,
+    ]
+    failed = {i.ReferencedSOPInstanceUID: i.FailureReason for i in info.FailedSOPSequence}
+    assert failed == {
+        unknown: 0x0112,
+        ct[1].sop_instance_uid: 0x0119,
+        rotten[0].sop_instance_uid: 0x0110,
+    }
+    # The requester acknowledged the report: audited as a success.
+    with psycopg.connect(gateway.dsn) as conn:
+        audited = conn.execute(
+            "SELECT actor, outcome, detail FROM audit_log WHERE action = 'dimse.commitment' "
+            "AND target = %s",
+            (transaction,),
+        ).fetchall()
+    assert [(a, o, d["committed"], d["failed"]) for a, o, d in audited] == [
+        ("MODALITY", "success", 2, 3)
+    ]
+
+
+def test_storage_commitment_of_everything_intact_is_event_type_1(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    big = studies["big"]
+    status, reports = commit(
+        gateway, [(i.sop_class_uid, i.sop_instance_uid) for i in big], generate_uid()
+    )
+    assert status == 0x0000
+    [(event_type, info)] = reports
+    assert event_type == 1 and len(info.ReferencedSOPSequence) == len(big)
+    assert "FailedSOPSequence" not in info
+
+
+def test_a_storage_commitment_request_without_a_transaction_uid_is_refused(
+    stored: tuple[Gateway, dict[str, list[Item]]],
+) -> None:
+    gateway, studies = stored
+    item = studies["mr"][0]
+    status, reports = commit(gateway, [(item.sop_class_uid, item.sop_instance_uid)], "")
+    assert status == 0x0120 and reports == []  # missing attribute

@@ -45,6 +45,7 @@ from dicomgw.ul.uids import (
     IMPLEMENTATION_VERSION_NAME,
     IMPLICIT_VR_LITTLE_ENDIAN,
     QUERY_RETRIEVE_SOP_CLASSES,
+    STORAGE_COMMITMENT_PUSH,
     VERIFICATION_SOP_CLASS,
     is_valid_uid,
 )
@@ -71,7 +72,9 @@ class Rejection:
         return bytes(pdu.encode())
 
 
-_NOT_STORAGE = QUERY_RETRIEVE_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
+_SMALL_DATA_SETS = QUERY_RETRIEVE_SOP_CLASSES | {STORAGE_COMMITMENT_PUSH}
+"""Identifiers and action information, parsed with pydicom (little endian only)."""
+_NOT_STORAGE = _SMALL_DATA_SETS | {VERIFICATION_SOP_CLASS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +202,7 @@ def _supported_contexts(
         if uid in QUERY_RETRIEVE_SOP_CLASSES:
             if not query:
                 continue
-        elif uid != VERIFICATION_SOP_CLASS:
+        elif uid not in (VERIFICATION_SOP_CLASS, STORAGE_COMMITMENT_PUSH):
             if allowed_sop and uid not in allowed_sop:
                 continue
             if not allowed_sop and not _is_storage(uid):
@@ -216,13 +219,13 @@ def _supported_contexts(
         cx.abstract_syntax = UID(uid)
         # NOTE: the data set is stored as received, so any transfer syntax costs
         # the same; by default take the requestor's first (its preference).
-        preferred = _QUERY_SYNTAXES if uid in QUERY_RETRIEVE_SOP_CLASSES else allowed_ts or syntaxes
+        preferred = _QUERY_SYNTAXES if uid in _SMALL_DATA_SETS else allowed_ts or syntaxes
         cx.transfer_syntax = [ts for ts in preferred if ts in syntaxes]
         if cx.transfer_syntax:
             # A peer that may retrieve may take the SCP role for storage (PS3.7
             # D.3.3.4): C-GET's C-STOREs come back on its association. Others keep
             # the default roles (their role selection items are not agreed to).
-            storage = query and uid not in QUERY_RETRIEVE_SOP_CLASSES
+            storage = query and uid not in _NOT_STORAGE
             cx.scu_role, cx.scp_role = (True, True) if storage else (None, None)
             supported.append(cx)
     return supported

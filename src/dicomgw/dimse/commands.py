@@ -41,6 +41,10 @@ C_MOVE_RSP: Final = 0x8021
 C_ECHO_RQ: Final = 0x0030
 C_ECHO_RSP: Final = 0x8030
 C_CANCEL_RQ: Final = 0x0FFF
+N_EVENT_REPORT_RQ: Final = 0x0100
+N_EVENT_REPORT_RSP: Final = 0x8100
+N_ACTION_RQ: Final = 0x0130
+N_ACTION_RSP: Final = 0x8130
 RESPONSE_BIT: Final = 0x8000
 
 # Command Data Set Type (0000,0800): 0101 means no data set, anything else one follows.
@@ -57,6 +61,7 @@ MAX_ERROR_COMMENT: Final = 64  # LO, PS3.5 6.2
 # Element numbers in group 0000 (PS3.7 E.1 Table E.1-1).
 _GROUP_LENGTH = 0x0000
 _AFFECTED_SOP_CLASS_UID = 0x0002
+_REQUESTED_SOP_CLASS_UID = 0x0003
 _COMMAND_FIELD = 0x0100
 _MESSAGE_ID = 0x0110
 _MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
@@ -66,6 +71,9 @@ _COMMAND_DATA_SET_TYPE = 0x0800
 _STATUS = 0x0900
 _ERROR_COMMENT = 0x0902
 _AFFECTED_SOP_INSTANCE_UID = 0x1000
+_REQUESTED_SOP_INSTANCE_UID = 0x1001
+_EVENT_TYPE_ID = 0x1002
+_ACTION_TYPE_ID = 0x1008
 _MOVE_ORIGINATOR_AE_TITLE = 0x1030
 _MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
 _REMAINING = 0x1020
@@ -124,6 +132,11 @@ class Command:
     error_comment: str | None
     move_destination: str | None = None
     """C-MOVE-RQ: the AE title to send the instances to (PS3.7 9.3.4.1)."""
+    requested_sop_class_uid: str | None = None
+    requested_sop_instance_uid: str | None = None
+    """N-ACTION-RQ (and other DIMSE-N requests): the SOP instance acted on (PS3.7 10.3)."""
+    event_type_id: int | None = None
+    action_type_id: int | None = None
 
     @property
     def has_data_set(self) -> bool:
@@ -136,7 +149,8 @@ class Command:
 
 
 # Indices into the value list that becomes Command(*values), in field order.
-_CF, _MID, _MIDR, _CUID, _IUID, _CDST, _PRIO, _MAE, _MMID, _STAT, _COMMENT, _MDEST = range(12)
+(_CF, _MID, _MIDR, _CUID, _IUID, _CDST, _PRIO, _MAE, _MMID, _STAT, _COMMENT, _MDEST,
+ _RCUID, _RIUID, _EVENT, _ACTION) = range(16)  # fmt: skip
 _US_KIND, _UI_KIND, _AE_KIND, _LO_KIND = range(4)
 _DECODED: Final[dict[int, tuple[int, int, str]]] = {
     _AFFECTED_SOP_CLASS_UID: (_CUID, _UI_KIND, "AffectedSOPClassUID"),
@@ -151,6 +165,10 @@ _DECODED: Final[dict[int, tuple[int, int, str]]] = {
     _MOVE_ORIGINATOR_AE_TITLE: (_MAE, _AE_KIND, "MoveOriginatorApplicationEntityTitle"),
     _MOVE_ORIGINATOR_MESSAGE_ID: (_MMID, _US_KIND, "MoveOriginatorMessageID"),
     _MOVE_DESTINATION: (_MDEST, _AE_KIND, "MoveDestination"),
+    _REQUESTED_SOP_CLASS_UID: (_RCUID, _UI_KIND, "RequestedSOPClassUID"),
+    _REQUESTED_SOP_INSTANCE_UID: (_RIUID, _UI_KIND, "RequestedSOPInstanceUID"),
+    _EVENT_TYPE_ID: (_EVENT, _US_KIND, "EventTypeID"),
+    _ACTION_TYPE_ID: (_ACTION, _US_KIND, "ActionTypeID"),
 }
 # PS3.7 9.3: the mandatory elements of each request, beyond those of every message.
 _REQUIRED: Final[dict[int, tuple[tuple[int, str], ...]]] = {
@@ -162,6 +180,16 @@ _REQUIRED: Final[dict[int, tuple[tuple[int, str], ...]]] = {
     C_ECHO_RQ: ((_CUID, "AffectedSOPClassUID"),),
     C_FIND_RQ: ((_CUID, "AffectedSOPClassUID"), (_PRIO, "Priority")),
     C_GET_RQ: ((_CUID, "AffectedSOPClassUID"), (_PRIO, "Priority")),
+    N_ACTION_RQ: (
+        (_RCUID, "RequestedSOPClassUID"),
+        (_RIUID, "RequestedSOPInstanceUID"),
+        (_ACTION, "ActionTypeID"),
+    ),
+    N_EVENT_REPORT_RQ: (
+        (_CUID, "AffectedSOPClassUID"),
+        (_IUID, "AffectedSOPInstanceUID"),
+        (_EVENT, "EventTypeID"),
+    ),
     C_MOVE_RQ: (
         (_CUID, "AffectedSOPClassUID"),
         (_PRIO, "Priority"),
@@ -192,7 +220,7 @@ def decode_command(data: bytes) -> Command:
     if group_length != end - 12:
         raise CommandError(f"CommandGroupLength is {group_length} but {end - 12} bytes follow it")
 
-    values: list[int | str | None] = [None] * 12
+    values: list[int | str | None] = [None] * 16
     offset = 12
     previous = _GROUP_LENGTH
     while offset < end:
@@ -468,6 +496,58 @@ def encode_c_move_rq(
         _ae(_MOVE_DESTINATION, move_destination),
         _us(_PRIORITY, priority),
         _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT),
+    )
+
+
+def encode_n_action_rq(
+    message_id: int, requested_sop_class_uid: str, requested_sop_instance_uid: str, action: int
+) -> bytes:
+    """N-ACTION-RQ, PS3.7 10.3.4.1 Table 10.3-7; the action information follows."""
+    return _command_set(
+        _ui(_REQUESTED_SOP_CLASS_UID, requested_sop_class_uid),
+        _us(_COMMAND_FIELD, N_ACTION_RQ),
+        _us(_MESSAGE_ID, message_id),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT),
+        _ui(_REQUESTED_SOP_INSTANCE_UID, requested_sop_instance_uid),
+        _us(_ACTION_TYPE_ID, action),
+    )
+
+
+def encode_n_action_rsp(
+    message_id_being_responded_to: int,
+    affected_sop_class_uid: str | None,
+    affected_sop_instance_uid: str | None,
+    status: int,
+    *,
+    action: int | None,
+    error_comment: str | None = None,
+) -> bytes:
+    """N-ACTION-RSP, PS3.7 10.3.4.2 Table 10.3-8 (no action reply)."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid) if affected_sop_class_uid else b"",
+        _us(_COMMAND_FIELD, N_ACTION_RSP),
+        _us(_MESSAGE_ID_BEING_RESPONDED_TO, message_id_being_responded_to),
+        _us(_COMMAND_DATA_SET_TYPE, NO_DATA_SET),
+        _us(_STATUS, status),
+        _error_comment(status, error_comment),
+        _ui(_AFFECTED_SOP_INSTANCE_UID, affected_sop_instance_uid)
+        if affected_sop_instance_uid
+        else b"",
+        _us(_ACTION_TYPE_ID, action) if action is not None and status == SUCCESS else b"",
+    )
+
+
+def encode_n_event_report_rq(
+    message_id: int, affected_sop_class_uid: str, affected_sop_instance_uid: str, event: int
+) -> bytes:
+    """N-EVENT-REPORT-RQ, PS3.7 10.3.1.1 Table 10.3-1; the event information follows."""
+    return _command_set(
+        _ui(_AFFECTED_SOP_CLASS_UID, affected_sop_class_uid),
+        _us(_COMMAND_FIELD, N_EVENT_REPORT_RQ),
+        _us(_MESSAGE_ID, message_id),
+        _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT),
+        _ui(_AFFECTED_SOP_INSTANCE_UID, affected_sop_instance_uid),
+        _us(_EVENT_TYPE_ID, event),
     )
 
 

@@ -17,6 +17,7 @@ from dicomgw.errors import DicomGwError
 from dicomgw.index.batcher import BatchObserver
 from dicomgw.ingest.stack import IngestStack
 from dicomgw.receiver.refusals import RefusalAuditor
+from dicomgw.services.commitment import CommitmentService
 from dicomgw.services.echo import VerificationService
 from dicomgw.services.find import FindService
 from dicomgw.services.get import GetService
@@ -51,6 +52,7 @@ class Receiver:
                 FindService(pool, config.dimse),
                 GetService(pool, config),
                 MoveService(pool, config),
+                CommitmentService(pool, config),
             ),
             head_bytes=config.index.scan_bytes,
             fsync=self.spool.fsync,

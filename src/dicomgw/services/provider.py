@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +46,9 @@ class Response:
     status: int
     dataset: bytes | None = None
     """Its data set, if the command announces one (a C-GET's failed UID list)."""
+    after: Callable[[Replies], Awaitable[None]] | None = None
+    """What the operation does once its response is out (storage commitment's
+    N-EVENT-REPORT); the association counts it as in progress until it is done."""
 
 
 class Replies(Protocol):
@@ -273,12 +276,17 @@ class AssociationServices:
             self._forget(operation)
             self._link.abort(ABORT_REASON_NOT_SPECIFIED)
             return
-        self.in_flight -= 1
         self._forget(operation)
         self._link.send_command(context_id, response.command)
         if response.dataset is not None:
             self._link.send_dataset(context_id, response.dataset)
         self._provider.on_answered(command_field, time.monotonic() - started, response.status)
+        if response.after is not None:
+            try:
+                await response.after(replies)
+            except Exception:
+                log.exception("what follows a DIMSE response failed")
+        self.in_flight -= 1
         if not self.in_flight:
             self._link.settled()
 
