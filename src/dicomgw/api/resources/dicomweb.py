@@ -26,7 +26,7 @@ from dicomgw.api.auth import allow
 from dicomgw.api.context import ApiContext, App
 from dicomgw.api.multipart import MultipartError, MultipartReader, PartData, PartEnd, PartStart
 from dicomgw.api.problems import Problem
-from dicomgw.api.resources.wado import RetrieveResource
+from dicomgw.api.resources.wado import RetrieveResource, WadoUriResource
 from dicomgw.api.resources.wado_metadata import (
     BulkDataResource,
     FramesResource,
@@ -81,6 +81,8 @@ def add_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{instance}/metadata", parts, suffix="instance_metadata")
     app.add_route(f"{instance}/frames/{{frames}}", parts, suffix="frames")
     app.add_route(f"{instance}/bulkdata/{{route:path}}", parts, suffix="bulkdata")
+    # PS3.18 9: WADO-URI.
+    app.add_route(f"{ROOT}/wado", WadoRoute(api))
     # PS3.18 10.6.1 Table 10.6.1-2: the search resources.
     app.add_route(f"{ROOT}/series", SearchResource(api, "series"))
     app.add_route(f"{ROOT}/instances", SearchResource(api, "instance"))
@@ -180,6 +182,18 @@ class RetrieveRoutes:
     ) -> None:
         """PS3.18 10.4: Retrieve Instance."""
         await self._retrieve.retrieve(req, resp, study, series, instance)
+
+
+class WadoRoute:
+    """WADO-URI (api/resources/wado.py does the work)."""
+
+    def __init__(self, api: ApiContext) -> None:
+        self._wado = WadoUriResource(api)
+
+    @allow(*READERS)
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """PS3.18 9: Retrieve DICOM Object by its UIDs (WADO-URI)."""
+        await self._wado.on_get(req, resp)
 
 
 class InstancePartRoutes:

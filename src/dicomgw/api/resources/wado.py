@@ -130,3 +130,80 @@ async def _parts(root: Path, files: list[StoredInstance], boundary: str) -> Asyn
         finally:
             await stored.close()
     yield f"\r\n--{boundary}--\r\n".encode()
+
+
+class WadoUriResource:
+    """WADO-URI (PS3.18 9, the URI service): one instance by its three UIDs as
+    ``application/dicom``, the stored Part 10 file. Rendered answers (the default
+    ``image/jpeg`` for images) wait for the sandboxed decoding pool: 406."""
+
+    def __init__(self, api: ApiContext) -> None:
+        self._api = api
+        self._root = api.config.storage_root
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        params = req.params
+        if params.get("requestType") != "WADO":
+            raise Problem(
+                400, "bad-request", "Bad request", "requestType=WADO is required (PS3.18 9.1.2)"
+            )
+        uids = {}
+        for name in ("studyUID", "seriesUID", "objectUID"):
+            value = params.get(name)
+            if not isinstance(value, str) or not value:
+                raise Problem(400, "bad-request", "Bad request", f"{name} is required")
+            if not is_valid_uid(value):
+                raise not_found(f"'{value[:80]}', which is not a UID,")
+            uids[name] = value
+        content_types = str(params.get("contentType") or "image/jpeg").replace(" ", "").split(",")
+        if not any(t in (APPLICATION_DICOM, "*/*", "application/*") for t in content_types):
+            raise Problem(
+                406,
+                "not-acceptable",
+                "Not acceptable",
+                f"contentType {','.join(content_types)[:80]}: rendered images are not offered "
+                "yet; ask contentType=application/dicom",
+            )
+        for unsupported in ("anonymize", "annotation", "region", "windowCenter", "frameNumber"):
+            if unsupported in params:
+                raise Problem(
+                    400, "bad-request", "Bad request", f"{unsupported} is not supported here"
+                )
+        async with self._api.pools.pool.acquire() as conn:
+            files = await stored_files(conn, uids["studyUID"], uids["seriesUID"], uids["objectUID"])
+            if not files:
+                raise not_found(f"instance '{uids['objectUID']}'")
+            item = files[0]
+            wanted = params.get("transferSyntax")
+            if wanted and wanted != item.transfer_syntax_uid:
+                raise Problem(
+                    406,
+                    "not-acceptable",
+                    "Not acceptable",
+                    f"the instance is stored as {item.transfer_syntax_uid}; conversion is not "
+                    "offered yet: leave transferSyntax out for the stored bytes",
+                )
+            await audit_request(
+                conn,
+                req,
+                "wado.uri",
+                f"study {uids['studyUID']}",
+                {"instance": uids["objectUID"]},
+                event_id=audit.INSTANCES_ACCESSED,
+            )
+        try:
+            stored = await StoredFile.open(self._root, item.file_path)
+        except StoredFileMissing as exc:
+            log.error("WADO-URI: a stored file is missing", extra={"error": str(exc)})
+            raise Problem(500, "storage-error", "Stored file missing", str(exc)) from None
+        resp.content_type = APPLICATION_DICOM
+        resp.content_length = stored.size
+        resp.stream = _closing(stored)
+
+
+async def _closing(stored: StoredFile) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stored:
+            yield chunk
+    finally:
+        await stored.close()
