@@ -218,6 +218,30 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_unlock(args: argparse.Namespace) -> int:
+    from dicomgw.api.throttle import unlock
+    from dicomgw.db.pool import create_pool
+    from dicomgw.db.server import database
+    from dicomgw.serve import ensure_schema
+
+    config = _config(args)
+    _setup_logging(config)
+
+    async def forget(dsn: str) -> int:
+        pool = await create_pool(dsn, config.database)
+        try:
+            async with pool.acquire() as conn:
+                return await unlock(conn, args.name)
+        finally:
+            await pool.close()
+
+    with database(config, adopt=True) as dsn:
+        ensure_schema(dsn, upgrade=False)
+        forgotten = asyncio.run(forget(dsn))
+    _out(f"user '{args.name}': {forgotten} failed login(s) forgotten; logins are not slowed now")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from dicomgw import audit
     from dicomgw.db.pool import create_pool
@@ -495,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--role", required=True, help="admin, operator, viewer or auditor")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p = add(
+        user_sub, "unlock", cmd_user_unlock, "forget a user's failed logins (from every address)"
+    )
+    p.add_argument("name", metavar="NAME")
 
     audit = sub.add_parser("audit", help="audit log", description="Audit log commands.")
     audit_sub = audit.add_subparsers(

@@ -328,9 +328,10 @@ class ApiConfig(_Section, frozen=True):
     metrics_networks: tuple[str, ...] = ()
     """Client addresses or networks (CIDR) GET /metrics answers without the token.
     With neither set, GET /metrics answers nobody."""
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     """Reverse proxies (addresses or CIDR) whose ``X-Forwarded-For`` names the client,
-    for login throttling and the audit log."""
+    for login throttling and the audit log. The default trusts the local host: the
+    shipped nginx site, which replaces the header with the address it saw."""
     webui_dir: str | None = None
     """The built web UI, served at ``/``; unset: ``webui/dist`` of a source checkout,
     or ``<prefix>/share/dicom-gw/webui`` of an installed package, when present."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import psycopg
 import pytest
 
@@ -12,6 +15,7 @@ from dicomgw.api.app import create_app
 from dicomgw.api.auth import PUBLIC, ROLES_ATTRIBUTE
 from dicomgw.config import load_config
 from tests.api.conftest import Client
+from tests.cli import run_cli
 from tests.gateway import ADMIN_PASSWORD, Gateway
 
 PROTECTED = [
@@ -98,7 +102,7 @@ def test_repeated_failures_are_throttled_with_retry_after(
 ) -> None:
     _, name = user_factory("viewer")
     client = Client(session_gateway)
-    for _ in range(5):
+    for _ in range(3):  # the free failures of one account from one address
         assert client.login(name, "wrong password!").status_code == 401
     locked = client.login(name, f"pw-{name}-long")
     assert locked.status_code == 429
@@ -110,8 +114,65 @@ def test_repeated_failures_are_throttled_with_retry_after(
             "SELECT outcome, event_id FROM audit_log WHERE actor = %s AND action = 'auth.login'",
             (name,),
         ).fetchall()
-    assert outcomes.count(("failure", "110114")) == 6
+    assert outcomes.count(("failure", "110114")) == 4
     assert ("success", "110114") in outcomes  # the factory's login
+    # The wait doubles with each failure, so the owner is back after it.
+    time.sleep(int(locked.headers["retry-after"]))
+    assert client.login(name, f"pw-{name}-long").status_code == 200
+
+
+def login_from(gateway: Gateway, address: str, name: str, password: str) -> httpx.Response:
+    """A login as from ``address`` (the API trusts the local proxy's X-Forwarded-For)."""
+    return httpx.post(
+        f"http://127.0.0.1:{gateway.api_port}/api/v1/auth/login",
+        json={"username": name, "password": password},
+        headers={"X-Forwarded-For": address},
+    )
+
+
+def test_an_attacker_elsewhere_cannot_lock_the_owner_out(
+    user_factory: Callable[[str], tuple[Client, str]], session_gateway: Gateway
+) -> None:
+    _, name = user_factory("admin")
+    right = f"pw-{name}-long"
+    assert login_from(session_gateway, "203.0.113.9", name, right).status_code == 200
+    # Guesses from many addresses, up to the account's limit (10 a window).
+    for n in range(10):
+        assert login_from(session_gateway, f"198.51.100.{n}", name, "guess").status_code == 401
+    assert login_from(session_gateway, "198.51.100.99", name, "guess").status_code == 429
+    # The right password from an address never used before waits too ...
+    assert login_from(session_gateway, "192.0.2.50", name, right).status_code == 429
+    # ... but the owner, from where they logged in before, gets in.
+    assert login_from(session_gateway, "203.0.113.9", name, right).status_code == 200
+
+
+def test_parallel_attempts_are_counted_before_any_is_checked(
+    user_factory: Callable[[str], tuple[Client, str]], session_gateway: Gateway
+) -> None:
+    _, name = user_factory("viewer")
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(
+                lambda _: login_from(session_gateway, "198.51.100.200", name, "guess").status_code,
+                range(8),
+            )
+        )
+    # The first three of one account from one address are free; the rest wait.
+    assert sorted(codes) == [401] * 3 + [429] * 5
+
+
+def test_user_unlock_forgets_the_failures(
+    user_factory: Callable[[str], tuple[Client, str]], session_gateway: Gateway
+) -> None:
+    _, name = user_factory("viewer")
+    for n in range(10):
+        login_from(session_gateway, f"198.51.100.{n}", name, "guess")
+    right = f"pw-{name}-long"
+    assert login_from(session_gateway, "192.0.2.51", name, right).status_code == 429
+    done = run_cli("user", "unlock", name, env=session_gateway.env())
+    assert done.returncode == 0, done.stderr
+    assert "failed login(s) forgotten" in done.stdout
+    assert login_from(session_gateway, "192.0.2.51", name, right).status_code == 200
 
 
 def test_state_changes_need_the_csrf_token(

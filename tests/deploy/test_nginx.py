@@ -305,8 +305,8 @@ def test_stow_rs_through_nginx(site: Site, https: httpx.Client, gateway: Gateway
 
 def test_login_is_rate_limited(https: httpx.Client) -> None:
     """10 a minute per address with a burst of 5: the 7th at once (or sooner) is
-    nginx's 429. Each attempt names another user, so the API's own throttle (5
-    per user) is not what answers."""
+    nginx's 429. Each attempt names another user, so the API's own throttle (per
+    user, and 20 per address) is not what answers."""
     statuses = []
     for _ in range(10):
         answer = https.post(

@@ -34,6 +34,7 @@ COMMANDS = [
     ["config", "show"],
     ["user"],
     ["user", "add"],
+    ["user", "unlock"],
     ["audit"],
     ["audit", "verify"],
     ["secrets"],

@@ -24,6 +24,7 @@ TABLES = {
     "sessions",
     "api_tokens",
     "recovery_codes",
+    "login_addresses",
     "login_failures",
     "users",
     "audit_log",

@@ -18,7 +18,7 @@ import falcon.asgi
 import orjson
 
 from dicomgw.api import problems
-from dicomgw.api.auth import AuthMiddleware, Throttle
+from dicomgw.api.auth import AuthMiddleware
 from dicomgw.api.context import PREFIX, ROW_ID, ApiContext, App, RouteAdder, RowIdConverter
 from dicomgw.api.cors import DicomwebCors
 from dicomgw.api.ingesting import Ingesting
@@ -46,6 +46,7 @@ from dicomgw.api.resources.auth import (
 )
 from dicomgw.api.resources.health import LiveResource, ReadyResource
 from dicomgw.api.resources.users import UsersResource
+from dicomgw.api.throttle import Throttle
 from dicomgw.api.webui import add_webui
 from dicomgw.config import Config
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -113,46 +112,6 @@ async def upgraded_hash(password: str, password_hash: str) -> str | None:
     """accounts.rehashed, off the loop and bounded."""
     async with _slots():
         return await asyncio.to_thread(rehashed, password, password_hash)
-
-
-# -- login throttling ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Throttle:
-    window_s: int = 900
-    per_user: int = 5
-    per_ip: int = 20
-
-
-async def throttled(
-    conn: asyncpg.Connection, throttle: Throttle, username: str, ip: str | None
-) -> int | None:
-    """Seconds to wait before the next attempt, or None if one is allowed now."""
-    keys = [f"user:{username.lower()}", *([f"ip:{ip}"] if ip else [])]
-    rows = await conn.fetch(
-        "SELECT key, count(*) AS n, min(at) AS oldest FROM login_failures "
-        "WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2) GROUP BY key",
-        keys,
-        throttle.window_s,
-    )
-    now = dt.datetime.now(dt.UTC)
-    wait = None
-    for row in rows:
-        limit = throttle.per_user if row["key"].startswith("user:") else throttle.per_ip
-        if row["n"] >= limit:
-            until = row["oldest"] + dt.timedelta(seconds=throttle.window_s)
-            wait = max(wait or 0, int((until - now).total_seconds()) + 1)
-    return wait
-
-
-async def record_failure(conn: asyncpg.Connection, username: str, ip: str | None) -> None:
-    keys = [f"user:{username.lower()}", *([f"ip:{ip}"] if ip else [])]
-    await conn.executemany("INSERT INTO login_failures (key) VALUES ($1)", [(k,) for k in keys])
-
-
-async def clear_failures(conn: asyncpg.Connection, username: str) -> None:
-    await conn.execute("DELETE FROM login_failures WHERE key = $1", f"user:{username.lower()}")
 
 
 # -- sessions -----------------------------------------------------------------------

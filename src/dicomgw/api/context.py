@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import falcon.asgi
 import falcon.routing
 
-from dicomgw.api.auth import Throttle
 from dicomgw.api.ingesting import Ingesting
 from dicomgw.api.middleware import PoolMiddleware
+from dicomgw.api.throttle import Throttle
 from dicomgw.config import Config
 from dicomgw.send.secrets import SecretBox
 

@@ -17,19 +17,17 @@ from dicomgw.api.auth import (
     ROLES,
     User,
     allow,
-    clear_failures,
     create_session,
     new_password_hash,
     password_matches,
-    record_failure,
     session_cookie,
-    throttled,
     upgraded_hash,
 )
 from dicomgw.api.context import ApiContext
 from dicomgw.api.mfa import second_factor_ok
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.problems import Problem, invalid, not_found
+from dicomgw.api.throttle import begin_attempt, record_failure, succeeded, withdraw
 from dicomgw.api.validation import body_of
 from dicomgw.config import ApiConfig
 
@@ -57,8 +55,9 @@ class LoginResource:
         ip = req.context.client_ip
         failed = Problem(401, "invalid-credentials", "Login failed", "wrong user name or password")
         async with self._pools.pool.acquire() as conn:
-            wait = await throttled(conn, self._throttle, username, ip)
-            if wait is not None:
+            attempt = await begin_attempt(conn, self._throttle, username, ip)
+            if isinstance(attempt, int):
+                wait = attempt
                 await audit_request(
                     conn, req, "auth.login", detail={"reason": "throttled"}, actor=username,
                     event_id=audit.USER_AUTHENTICATION, outcome="failure",
@@ -76,11 +75,13 @@ class LoginResource:
                 "WHERE lower(username) = lower($1)",
                 username,
             )
-            usable = row is not None and not row["disabled"]
-            if not await password_matches(
-                row["password_hash"] if row and usable else None, password
-            ):
-                await record_failure(conn, username, ip)
+        # NOTE: no pool connection is held while waiting for a hashing slot.
+        usable = row is not None and not row["disabled"]
+        right = await password_matches(row["password_hash"] if row and usable else None, password)
+        # The hashing parameters went up since: rehash while we have the password.
+        upgraded = await upgraded_hash(password, row["password_hash"]) if right and row else None
+        async with self._pools.pool.acquire() as conn:
+            if not right:
                 await audit_request(
                     conn, req, "auth.login", actor=username,
                     event_id=audit.USER_AUTHENTICATION, outcome="failure",
@@ -88,10 +89,10 @@ class LoginResource:
                 raise failed
             assert row is not None
             if row["totp_confirmed"]:
+                await withdraw(conn, attempt)
                 await self._second_factor(conn, req, row, body.get("totp"))
-            await clear_failures(conn, username)
-            if upgraded := await upgraded_hash(password, row["password_hash"]):
-                # The hashing parameters went up since: rehash while we have it.
+            await succeeded(conn, attempt, row["id"], row["username"], ip)
+            if upgraded:
                 await conn.execute(
                     "UPDATE users SET password_hash = $1 WHERE id = $2", upgraded, row["id"]
                 )
