@@ -364,10 +364,10 @@ async def test_c_cancel_stops_the_answer_at_the_next_match(
         assert identifier is not None
         handler.command(1, encode_c_find_rq(5, STUDY))
         handler.dataset(1, 0, len(identifier), identifier, 0)
-        await eventually(lambda: len(link.sent) == 1)  # the first match, not yet taken
+        await eventually(lambda: len(link.sent) == 1, timeout=30)  # the first match, not yet taken
         handler.command(1, encode_c_cancel_rq(5))
         link.taken.set()
-        await eventually(lambda: handler.in_flight == 0)
+        await eventually(lambda: handler.in_flight == 0, timeout=30)
         assert [(c.message_id_being_responded_to, c.status) for c in link.sent] == [
             (5, 0xFF00),
             (5, 0xFE00),
@@ -628,7 +628,7 @@ async def test_c_cancel_stops_a_c_get_before_its_next_sub_operation(
         assert identifier is not None
         handler.command(1, encode_c_get_rq(5, GET))
         handler.dataset(1, 0, len(identifier), identifier, 0)
-        await eventually(lambda: len(link.sent) == 1)  # the first C-STORE-RQ
+        await eventually(lambda: len(link.sent) == 1, timeout=30)  # the first C-STORE-RQ
         store = link.sent[0]
         assert store.affected_sop_instance_uid == big[0].sop_instance_uid
         assert b"".join(link.datasets) == big[0].dataset_bytes()
@@ -640,7 +640,7 @@ async def test_c_cancel_stops_a_c_get_before_its_next_sub_operation(
             ),
         )
         handler.command(1, encode_c_cancel_rq(5))
-        await eventually(lambda: handler.in_flight == 0)
+        await eventually(lambda: handler.in_flight == 0, timeout=30)
         answers = [(c.command_field, c.status) for c in link.sent[1:]]
         assert answers == [(0x8010, 0xFF00), (0x8010, 0xFE00)]
         final = decode_identifier(link.datasets[-1])
