@@ -112,6 +112,18 @@ class DimseConfig(_Section, frozen=True):
     """ARTIM: association set-up and release must complete within this."""
     network_timeout_s: Seconds = 60.0
     """An association with no traffic for this long is aborted."""
+    max_association_s: Seconds = 14_400.0
+    """An association still open after this long is aborted (a stuck or hostile
+    peer cannot hold a slot for ever); 4 h covers the largest study on a slow link."""
+    max_unassociated: PositiveInt = 64
+    """TCP connections that have not yet completed association negotiation; more
+    are closed at once (before they can send anything)."""
+    max_unassociated_per_peer: PositiveInt = 8
+    """The same, per peer address."""
+    max_operations_in_flight: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    """Requests of one association received and not yet answered; past this the
+    association is not read (TCP flow control) until one is answered, so a peer
+    that ignores the operations window cannot queue work without bound."""
     accepted_sop_classes: tuple[UID, ...] = ()
     """Empty: Verification, every storage SOP class and unknown (private) ones."""
     query_ae_titles: tuple[AETitle, ...] = ()

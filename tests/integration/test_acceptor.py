@@ -7,6 +7,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pynetdicom import AE
@@ -144,3 +145,67 @@ def test_calling_ae_allow_list(gateway_factory: Callable[..., Gateway]) -> None:
         assert (
             exchange(gateway.dimse_port, associate_rq(calling="MODALITY1"), reply=6)[:1] == b"\x02"
         )
+
+
+def _closed_by_peer(sock: socket.socket, within_s: float = 5.0) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_connections_that_do_not_negotiate_are_capped_and_cheap(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gateway = gateway_factory(DICOMGW_DIMSE__MAX_UNASSOCIATED_PER_PEER="4")
+    with running(gateway):
+        assert gateway.proc is not None
+        before = _rss_kib(gateway.proc.pid)
+        idle = [socket.create_connection(("127.0.0.1", gateway.dimse_port)) for _ in range(4)]
+        time.sleep(0.5)
+        # Past the cap, connections are closed before they can send anything ...
+        flood = [socket.create_connection(("127.0.0.1", gateway.dimse_port)) for _ in range(496)]
+        # (within 2 s: the ARTIM timer, 5 s here, would close them too, later)
+        assert all(_closed_by_peer(s, 2.0) for s in flood[:20])
+        assert not any(_closed_by_peer(s, 0.2) for s in idle)
+        # ... and 500 of them cost the gateway little.
+        assert _rss_kib(gateway.proc.pid) - before < 32 * 1024
+        assert "dimse.max_unassociated_per_peer" in gateway.log()
+        for s in flood + idle:
+            s.close()
+        # Once they are gone, a modality associates as before.
+        deadline = time.monotonic() + 10
+        while exchange(gateway.dimse_port, associate_rq(), reply=6)[:1] != b"\x02":
+            assert time.monotonic() < deadline, "the negotiation slots were not given back"
+            time.sleep(0.1)
+
+
+def test_an_association_open_too_long_is_aborted(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gateway = gateway_factory(DICOMGW_DIMSE__MAX_ASSOCIATION_S="2")
+    with running(gateway):
+        ae = AE(ae_title="LINGERER")
+        ae.add_requested_context(VERIFICATION)
+        assoc = ae.associate("127.0.0.1", gateway.dimse_port, ae_title="DICOMGW")
+        assert assoc.is_established
+        for _ in range(6):  # busy, so the idle timeout is not what ends it
+            if not assoc.is_established:
+                break
+            assert assoc.send_c_echo().Status == 0x0000
+            time.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert assoc.is_aborted
+        assert "longer than dimse.max_association_s" in gateway.log()

@@ -326,6 +326,13 @@ class HeldLink:
         self.sent.append(decode_command(command))
 
     is_up = True
+    paused = 0
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        self.paused -= 1
 
     def send_dataset(self, context_id: int, dataset: bytes, *, last: bool = True) -> None:
         self.datasets.append(dataset)

@@ -48,6 +48,13 @@ class ScriptedLink:
         self.sent.append((context_id, decode_command(command)))
 
     is_up = True
+    paused = 0
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        self.paused -= 1
 
     def send_dataset(self, context_id: int, dataset: bytes, *, last: bool = True) -> None:
         self.datasets.append((context_id, dataset))
@@ -110,7 +117,9 @@ class HeldStorage:
         return None
 
 
-def association() -> tuple[HeldStorage, ScriptedLink, object, list[tuple[int, float, int]]]:
+def association(
+    max_in_flight: int = 16,
+) -> tuple[HeldStorage, ScriptedLink, object, list[tuple[int, float, int]]]:
     storage = HeldStorage()
     answered: list[tuple[int, float, int]] = []
     provider = ServiceProvider(
@@ -118,6 +127,7 @@ def association() -> tuple[HeldStorage, ScriptedLink, object, list[tuple[int, fl
         head_bytes=1024,
         fsync=True,
         on_answered=lambda field, seconds, status: answered.append((field, seconds, status)),
+        max_in_flight=max_in_flight,
     )
     contexts = {
         STORAGE: AcceptedContext(STORAGE, CT, EXPLICIT_VR_LITTLE_ENDIAN, True),
@@ -182,3 +192,19 @@ async def test_the_partial_request_is_abandoned_when_the_association_ends() -> N
     handler.closed()
     assert storage.operations[0].abandoned
     handler.closed()  # twice is harmless
+
+
+async def test_past_max_in_flight_the_association_is_not_read_until_an_answer() -> None:
+    storage, link, handler, _ = association(max_in_flight=2)
+    handler.command(STORAGE, encode_c_store_rq(1, CT, "1.2.3.1"))
+    handler.dataset(STORAGE, 0xABC, 101, b"head", 0)
+    assert link.paused == 0
+    handler.command(STORAGE, encode_c_store_rq(2, CT, "1.2.3.2"))
+    handler.dataset(STORAGE, 0xABC, 102, b"head", 0)
+    assert link.paused == 1  # a requestor ignoring the operations window waits on TCP
+    storage.operations[0].release.set()
+    await settle()
+    assert link.paused == 0 and len(link.sent) == 1
+    storage.operations[1].release.set()
+    await settle()
+    assert link.paused == 0 and len(link.sent) == 2

@@ -61,6 +61,8 @@ from dicomgw.ul.pdu import (
 log = logging.getLogger(__name__)
 
 RECV_BUFFER_SIZE = 256 * 1024
+# Before association: an A-ASSOCIATE-RQ is small, and idle connections cost little.
+NEGOTIATION_BUFFER_SIZE = 16 * 1024
 # What a DICOM TLS connection may send before its handshake is taken over: a
 # ClientHello (< 16 KiB), or the first records after it.
 TLS_EARLY_BUFFER = 65_536
@@ -97,6 +99,12 @@ class Link(Protocol):
     def is_up(self) -> bool:
         """The association is established and not ending."""
         ...
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (TCP pushes back) until :meth:`resume_reading`."""
+        ...
+
+    def resume_reading(self) -> None: ...
 
     def expect_dataset(self, context_id: int, fd: int) -> None:
         """The data set that follows goes to ``fd`` (-1: read and discarded;
@@ -143,13 +151,43 @@ class Messages(Protocol):
 
 
 class AssociationLimits:
-    """Global and per-peer (source IP) caps on established associations."""
+    """Global and per-peer (source IP) caps on established associations, and on
+    connections that have not associated yet."""
 
     def __init__(self, config: DimseConfig) -> None:
         self._max = config.max_associations
         self._per_peer = config.max_associations_per_peer
         self._by_peer: dict[str, int] = {}
         self.active = 0
+        self._max_unassociated = config.max_unassociated
+        self._unassociated_per_peer = config.max_unassociated_per_peer
+        self._unassociated_by_peer: dict[str, int] = {}
+        self.unassociated = 0
+
+    def connect(self, host: str) -> str | None:
+        """A connection opened: None if it may negotiate, else why not."""
+        if self.unassociated >= self._max_unassociated:
+            return (
+                f"{self.unassociated} connections are negotiating, "
+                f"dimse.max_unassociated is {self._max_unassociated}"
+            )
+        if self._unassociated_by_peer.get(host, 0) >= self._unassociated_per_peer:
+            return (
+                f"{host} has {self._unassociated_per_peer} connections negotiating, "
+                "dimse.max_unassociated_per_peer"
+            )
+        self.unassociated += 1
+        self._unassociated_by_peer[host] = self._unassociated_by_peer.get(host, 0) + 1
+        return None
+
+    def negotiated(self, host: str) -> None:
+        """The connection got its answer (or closed before): no longer counted."""
+        self.unassociated -= 1
+        left = self._unassociated_by_peer[host] - 1
+        if left:
+            self._unassociated_by_peer[host] = left
+        else:
+            del self._unassociated_by_peer[host]
 
     def acquire(self, host: str) -> str | None:
         """None if admitted, else why not."""
@@ -223,7 +261,10 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._limits = limits
         self._messages = messages
         self._counters = counters
-        self._buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self._buffer = memoryview(bytearray(NEGOTIATION_BUFFER_SIZE))
+        self._negotiating = False
+        """Counted in AssociationLimits.unassociated."""
+        self._lifetime: asyncio.TimerHandle | None = None
         self._stream = ReceiveStream(
             self._on_control,
             self._on_command,
@@ -261,6 +302,16 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             self._host, self._port = peer[0], peer[1]
         context_id.set(self.assoc_id)
         self._counters.open_streams.add(self._stream)
+        why = self._limits.connect(self._host)
+        if why is not None:
+            log.warning(
+                "connection closed before negotiation",
+                extra={"peer": f"{self._host}:{self._port}", "reason": why},
+            )
+            self._state = "Sta13"
+            self._transport.abort()
+            return
+        self._negotiating = True
         log.info("connection opened", extra={"peer": f"{self._host}:{self._port}"})
         # ARTIM (PS3.8 9.1.5): the A-ASSOCIATE-RQ must arrive within the ACSE timeout.
         self._arm(self._config.acse_timeout_s, self._artim_expired)
@@ -296,6 +347,9 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         if self._stream.in_message and self._state == "Sta6":
             log.warning("connection lost inside a message: the partial message is discarded")
         self._detach()
+        self._negotiated()
+        if self._lifetime is not None:
+            self._lifetime.cancel()
         if self._admitted:
             self._limits.release(self._host)
             self._admitted = False
@@ -324,7 +378,13 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             log.warning("unexpected PDU", extra={"pdu_type": pdu_type, "state": self._state})
             self._abort(ABORT_UNEXPECTED_PDU)
 
+    def _negotiated(self) -> None:
+        if self._negotiating:
+            self._negotiating = False
+            self._limits.negotiated(self._host)
+
     def _associate(self, pdu: bytes) -> None:
+        self._negotiated()
         request = Request.decode(pdu)
         log.info(
             "association requested",
@@ -358,6 +418,11 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         self._peer = Peer(self.assoc_id, self._host, self._port, acceptance)
         self._handler = self._messages.attach(self._peer, self)
         self._state = "Sta6"
+        # NOTE: the buffer being read stays valid; the next read goes to this one.
+        self._buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self._lifetime = asyncio.get_running_loop().call_later(
+            self._config.max_association_s, self._too_long
+        )
         self._write(acceptance.ac_pdu)
         self._arm(self._config.network_timeout_s, self._idle_check)
         log.info(
@@ -417,6 +482,14 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
     def is_up(self) -> bool:
         return self._state == "Sta6"
 
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     def pause_writing(self) -> None:
         self._drained = asyncio.get_running_loop().create_future()
 
@@ -448,6 +521,14 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         log.warning("ARTIM timer expired", extra={"state": self._state})
         if self._transport is not None:
             self._transport.abort()
+
+    def _too_long(self) -> None:
+        context_id.set(self.assoc_id)
+        log.warning(
+            "association open longer than dimse.max_association_s: aborting",
+            extra={"max_association_s": self._config.max_association_s},
+        )
+        self._abort(ABORT_REASON_NOT_SPECIFIED)
 
     def _idle_check(self) -> None:
         idle = time.monotonic() - self._last_activity

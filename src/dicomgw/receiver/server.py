@@ -57,6 +57,7 @@ class Receiver:
             head_bytes=config.index.scan_bytes,
             fsync=self.spool.fsync,
             on_answered=on_answered,
+            max_in_flight=config.dimse.max_operations_in_flight,
         )
         self._config = config
         self._pool = pool

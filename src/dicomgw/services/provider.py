@@ -136,10 +136,13 @@ class ServiceProvider:
         head_bytes: int,
         fsync: bool,
         on_answered: AnswerObserver | None = None,
+        max_in_flight: int = 16,
     ) -> None:
         self.services = {service.command_field: service for service in services}
         self.head_bytes = head_bytes
         self.fsync = fsync
+        self.max_in_flight = max_in_flight
+        """Requests one association may have unanswered before it is no longer read."""
         self.on_answered = on_answered or _unobserved
 
     def attach(self, peer: Peer, link: Link) -> MessageHandler:
@@ -162,6 +165,7 @@ class AssociationServices:
         self._awaiting: dict[int, asyncio.Future[Command]] = {}
         """Requests of dicom-gw's own (C-GET sub-operations) by message ID."""
         self._last_message_id = 0
+        self._paused = False
         self.in_flight = 0
 
     def command(self, context_id: int, data: bytes) -> None:
@@ -252,6 +256,11 @@ class AssociationServices:
         dataset: ReceivedDataSet | None,
     ) -> None:
         self.in_flight += 1
+        if self.in_flight >= self._provider.max_in_flight and not self._paused:
+            # A requestor past the operations window it negotiated (PS3.7 D.3.3.3)
+            # waits on TCP until an answer goes out, instead of queueing work here.
+            self._paused = True
+            self._link.pause_reading()
         self._tail = asyncio.get_running_loop().create_task(
             self._complete(operation, command_field, context_id, dataset, self._tail)
         )
@@ -272,7 +281,7 @@ class AssociationServices:
             await replies.in_turn()  # responses go out in request order
         except Exception:
             log.exception("a DIMSE operation failed unexpectedly: aborting the association")
-            self.in_flight -= 1
+            self._answered()
             self._forget(operation)
             self._link.abort(ABORT_REASON_NOT_SPECIFIED)
             return
@@ -286,9 +295,15 @@ class AssociationServices:
                 await response.after(replies)
             except Exception:
                 log.exception("what follows a DIMSE response failed")
-        self.in_flight -= 1
+        self._answered()
         if not self.in_flight:
             self._link.settled()
+
+    def _answered(self) -> None:
+        self.in_flight -= 1
+        if self._paused and self.in_flight < self._provider.max_in_flight:
+            self._paused = False
+            self._link.resume_reading()
 
     def _forget(self, operation: Operation) -> None:
         for message_id, running in list(self._running.items()):
