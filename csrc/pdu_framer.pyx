@@ -7,7 +7,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from dicomgw.errors import InvalidPDU, PDUTooLarge, UnexpectedPDU, UnrecognizedPDU
+from dicomgw.errors import (
+    DataSetTooLarge,
+    InvalidPDU,
+    PDUTooLarge,
+    UnexpectedPDU,
+    UnrecognizedPDU,
+)
 
 
 cdef enum:

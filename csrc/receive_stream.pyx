@@ -85,6 +85,7 @@ cdef class ReceiveStream:
     cdef int _write_errno
     cdef uint32_t _crc
     cdef uint64_t _dataset_bytes
+    cdef uint64_t _max_dataset_bytes  # 0: no limit
     cdef bytearray _head
     cdef Py_ssize_t _head_budget
     cdef iovec _iov[IOV_BATCH]
@@ -106,6 +107,7 @@ cdef class ReceiveStream:
         long long max_associate_length=65536,
         Py_ssize_t head_budget=65536,
         bint write_behind=False,
+        unsigned long long max_dataset_bytes=0,
     ):
         self._on_control = on_control
         self._on_command = on_command
@@ -117,6 +119,7 @@ cdef class ReceiveStream:
         self._head = bytearray()
         self._head_budget = head_budget
         self._write_behind = write_behind
+        self._max_dataset_bytes = max_dataset_bytes
         self._dataset_context = -1
         self._command_context = -1
         self._fd = -1
@@ -324,6 +327,8 @@ cdef class ReceiveStream:
             return 0
         self._dataset_bytes += <uint64_t>length
         self.dataset_bytes_in += <uint64_t>length
+        if self._max_dataset_bytes and self._dataset_bytes > self._max_dataset_bytes:
+            self._fail(DataSetTooLarge(self._max_dataset_bytes))
         if self._fd < 0 and self._fd != HEAD_ONLY:
             return 0
         head_have = PyByteArray_GET_SIZE(self._head)

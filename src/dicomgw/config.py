@@ -112,6 +112,9 @@ class DimseConfig(_Section, frozen=True):
     """ARTIM: association set-up and release must complete within this."""
     network_timeout_s: Seconds = 60.0
     """An association with no traffic for this long is aborted."""
+    max_instance_bytes: Annotated[int, msgspec.Meta(ge=0)] = 8 * 1024**3
+    """A data set larger than this aborts its association while it streams (what
+    was written of it is removed); 0: no limit."""
     max_association_s: Seconds = 14_400.0
     """An association still open after this long is aborted (a stuck or hostile
     peer cannot hold a slot for ever); 4 h covers the largest study on a slow link."""

@@ -93,6 +93,15 @@ class InvalidPDU(PDUError):
         super().__init__(f"invalid PDU type 0x{pdu_type:02X}: {problem}")
 
 
+class DataSetTooLarge(PDUError):
+    """A data set past ``dimse.max_instance_bytes``: its association is aborted
+    while it streams, and what was written of it is removed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(f"a data set larger than dimse.max_instance_bytes ({max_bytes} bytes)")
+
+
 # -- storage -------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from pynetdicom import AE
 
 from dicomgw.ul.uids import VERIFICATION_SOP_CLASS as VERIFICATION
 from tests.gateway import Gateway, running
+from tests.integration.scu import files_with_uid, make_dataset, send
 from tests.support.pdus import (
     ABORT_INVALID_PARAMETER,
     ABORT_UNEXPECTED_PDU,
@@ -209,3 +210,24 @@ def test_an_association_open_too_long_is_aborted(
             time.sleep(0.1)
         assert assoc.is_aborted
         assert "longer than dimse.max_association_s" in gateway.log()
+
+
+def test_a_data_set_past_max_instance_bytes_aborts_and_leaves_nothing(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gateway = gateway_factory(DICOMGW_DIMSE__MAX_INSTANCE_BYTES="100000")
+    small = make_dataset()  # 64x64x16 bits: 8 KiB of pixels
+    big = make_dataset()
+    big.Rows = big.Columns = 512
+    big.PixelData = bytes(512 * 512 * 2)  # 512 KiB
+    with running(gateway):
+        assert send(gateway.dimse_port, [small]) == [0]
+        assert send(gateway.dimse_port, [big]) == [None]  # A-ABORT mid data set
+        assert "larger than dimse.max_instance_bytes (100000 bytes)" in gateway.log()
+        assert files_with_uid(gateway.storage, small.SOPInstanceUID)
+        assert not files_with_uid(gateway.storage, big.SOPInstanceUID)
+        # Nothing half-written is left in the spool either (its spare files are empty).
+        parts = (gateway.storage / "incoming").glob("*.part")
+        assert [p for p in parts if p.stat().st_size] == []
+        # And the association after it is served.
+        assert send(gateway.dimse_port, [make_dataset()]) == [0]

@@ -41,7 +41,7 @@ from dicomgw.association.negotiation import (
 from dicomgw.association.tls import explain
 from dicomgw.config import DimseConfig
 from dicomgw.dimse.commands import CommandError
-from dicomgw.errors import PDUError
+from dicomgw.errors import DataSetTooLarge, PDUError
 from dicomgw.log import context_id
 from dicomgw.ul.pdu import (
     A_ABORT,
@@ -272,6 +272,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             max_pdata_length=config.max_pdu + PDATA_MARGIN,
             head_budget=messages.head_bytes,
             write_behind=messages.fsync,
+            max_dataset_bytes=config.max_instance_bytes,
         )
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -326,6 +327,9 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
             return  # PS3.8: ignore what arrives while awaiting the close.
         try:
             self._stream.feed(self._buffer[:nbytes])
+        except DataSetTooLarge as exc:
+            log.warning("data set too large: aborting", extra={"error": str(exc)})
+            self._abort(exc.abort_reason)
         except PDUError as exc:
             log.warning("malformed PDU, aborting", extra={"error": str(exc)})
             self._abort(exc.abort_reason)
