@@ -20,6 +20,7 @@ import falcon
 import falcon.asgi
 
 from dicomgw import audit
+from dicomgw.api.accept import accepted_parts
 from dicomgw.api.auditing import audit_request
 from dicomgw.api.context import ApiContext
 from dicomgw.api.problems import Problem, not_found
@@ -37,17 +38,11 @@ ANY = "*"
 def accepted_syntaxes(accept: str | None) -> set[str] | None:
     """The transfer syntaxes an ``Accept`` header takes for application/dicom parts
     ({"*"}: any); None when it takes none of them (PS3.18 8.7.3.5)."""
-    if not accept:
-        return {EXPLICIT_VR_LITTLE_ENDIAN}
-    syntaxes: set[str] = set()
-    for item in accept.split(","):
-        kind, params = falcon.parse_header(item.strip())
-        kind = kind.lower()
-        if kind in ("*/*", "multipart/*") or (
-            kind == "multipart/related"
-            and params.get("type", APPLICATION_DICOM).lower() == APPLICATION_DICOM
-        ):
-            syntaxes.add(params.get("transfer-syntax", EXPLICIT_VR_LITTLE_ENDIAN))
+    syntaxes = {
+        syntax or EXPLICIT_VR_LITTLE_ENDIAN
+        for kind, syntax in accepted_parts(accept, APPLICATION_DICOM)
+        if kind in ("*", APPLICATION_DICOM)
+    }
     return syntaxes or None
 
 

@@ -21,6 +21,7 @@ import falcon.asgi
 import orjson
 
 from dicomgw import audit
+from dicomgw.api.accept import accepted_parts
 from dicomgw.api.auditing import audit_request
 from dicomgw.api.context import ApiContext
 from dicomgw.api.problems import Problem, not_found
@@ -171,28 +172,11 @@ def _multipart(resp: falcon.asgi.Response, media_type: str, parts: list[tuple[st
     resp.data = bytes(body)
 
 
-def _accepted(accept: str | None) -> list[tuple[str, str | None]]:
-    """(media type, transfer-syntax or None) of each multipart/related item the
-    Accept header takes; [("*", None)] for none given or any."""
-    if not accept:
-        return [("*", None)]
-    out: list[tuple[str, str | None]] = []
-    for item in accept.split(","):
-        kind, params = falcon.parse_header(item.strip())
-        kind = kind.lower()
-        if kind in ("*/*", "multipart/*"):
-            out.append(("*", None))
-        elif kind == "multipart/related":
-            part = params.get("type", OCTET_STREAM).lower()
-            out.append(("*" if part in ("*", "*/*") else part, params.get("transfer-syntax")))
-    return out
-
-
 def frame_media_type(stored_syntax: str, accept: str | None) -> str | None:
     """The media type to send stored frames as, or None if the client takes none
     that needs no conversion (PS3.18 8.7.3.5)."""
     native = stored_syntax in NATIVE_SYNTAXES
-    for kind, syntax in _accepted(accept):
+    for kind, syntax in accepted_parts(accept, OCTET_STREAM):
         if native:
             # NOTE: big endian native pixels would need byte swapping: only on "*".
             same = stored_syntax in _LITTLE_ENDIAN_NATIVE and syntax in (
@@ -301,7 +285,10 @@ class BulkDataResource:
         if route.upper() in ("7FE00010", "7FE00008", "7FE00009"):
             await self._frames.frames(req, resp, item, None)
             return
-        if not any(kind in ("*", OCTET_STREAM) for kind, _ in _accepted(req.get_header("Accept"))):
+        if not any(
+            kind in ("*", OCTET_STREAM)
+            for kind, _ in accepted_parts(req.get_header("Accept"), OCTET_STREAM)
+        ):
             raise Problem(
                 406, "not-acceptable", "Not acceptable", f"bulk data is answered as {OCTET_STREAM}"
             )
