@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 from dicomgw import audit
 from dicomgw.errors import DicomGwError
 
-ROLES = ("admin", "operator", "viewer", "auditor")
+ROLES = ("admin", "operator", "viewer", "auditor", "uploader")
 MIN_PASSWORD_LENGTH = 12
 """The default of api.password_min_length."""
 MAX_PASSWORD_LENGTH = 1024

@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add(user_sub, "add", cmd_user_add, "add a user for the web UI and API")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--role", required=True, help="admin, operator, viewer or auditor")
+    p.add_argument("--role", required=True, help="admin, operator, viewer, auditor or uploader")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p = add(
         user_sub, "unlock", cmd_user_unlock, "forget a user's failed logins (from every address)"

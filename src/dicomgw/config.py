@@ -381,6 +381,43 @@ class DicomwebConfig(_Section, frozen=True):
                 )
 
 
+class RateLimit(_Section, frozen=True):
+    """At most ``per_user`` requests of one account and ``per_address`` from one
+    address in ``window_s`` (api/throttle.py; past it: 429 with Retry-After)."""
+
+    per_user: PositiveInt
+    per_address: PositiveInt
+    window_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+
+
+class UploadsConfig(_Section, frozen=True):
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 8 << 30
+    """The largest file of an upload (tus ``Tus-Max-Size``)."""
+    max_user_bytes_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 32 << 30
+    """What one account's unfinished uploads may hold in all (413 past it)."""
+    chunk_size: Annotated[int, msgspec.Meta(ge=64 << 10, le=256 << 20)] = 4 << 20
+    """The session API's chunk: a phone on a weak link resends at most this much
+    after a drop; each chunk costs one fsync and one commit."""
+    expire_s: Annotated[int, msgspec.Meta(ge=60)] = 86_400
+    """An upload untouched this long is removed with its bytes."""
+    duplicate_window_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 30
+    """An upload of a study received this recently is refused (409) unless forced;
+    0: never."""
+    max_archive_entries: PositiveInt = 10_000
+    max_archive_bytes: Annotated[int, msgspec.Meta(ge=1)] = 16 << 30
+    """The uncompressed size of a ZIP's entries in all."""
+    max_archive_ratio: PositiveInt = 200
+    """Uncompressed over compressed size, per entry (a ZIP bomb's is in the thousands)."""
+    create_rate: RateLimit = msgspec.field(
+        default_factory=lambda: RateLimit(per_user=120, per_address=240, window_s=3600)
+    )
+    """Uploads created (tus POST, session init)."""
+    chunk_rate: RateLimit = msgspec.field(
+        default_factory=lambda: RateLimit(per_user=1200, per_address=2400, window_s=60)
+    )
+    """Chunks written (tus PATCH, session chunk PUT)."""
+
+
 class TlsConfig(_Section, frozen=True):
     dir: str | None = None
     """Where ``dicom-gw tls`` installs the HTTPS certificate (``https.crt``, full
@@ -408,6 +445,7 @@ class Config(_Section, frozen=True):
     index: IndexConfig = msgspec.field(default_factory=IndexConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     dicomweb: DicomwebConfig = msgspec.field(default_factory=DicomwebConfig)
+    uploads: UploadsConfig = msgspec.field(default_factory=UploadsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     forwarder: ForwarderConfig = msgspec.field(default_factory=ForwarderConfig)

@@ -53,6 +53,11 @@ def test_every_responder_declares_its_roles() -> None:
         "/api/v1/health/live on_get",
         "/api/v1/health/ready on_get",
         "/api/v1/openapi.yaml on_get",  # no PHI, no secrets; clients read it before login
+        # tus discovery (the server's version and extensions): clients ask before anything.
+        "/api/v1/uploads on_options",
+        "/api/v1/uploads on_options_upload",
+        "/api/v1/uploads/{upload_id} on_options",
+        "/api/v1/uploads/{upload_id} on_options_upload",
         "/metrics on_get",  # guarded by its own token / network check (test_metrics)
     ]
 

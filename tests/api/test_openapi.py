@@ -18,7 +18,7 @@ from tests.api.conftest import Client
 
 SPEC = Path(__file__).parents[2] / "docs" / "openapi.yaml"
 """What readers of docs/ open: one file with what the API serves (test_docs_link_to_it)."""
-METHODS = ("get", "post", "put", "patch", "delete")
+METHODS = ("get", "head", "options", "post", "put", "patch", "delete")
 
 
 def served() -> dict[tuple[str, str], frozenset[str]]:

@@ -303,6 +303,53 @@ def test_stow_rs_through_nginx(site: Site, https: httpx.Client, gateway: Gateway
     assert files_with_uid(gateway.storage, ds.SOPInstanceUID)
 
 
+def test_uploads_through_nginx_are_streamed_not_spooled(
+    site: Site, https: httpx.Client, gateway: Gateway
+) -> None:
+    """A tus PATCH and a session chunk larger than the API's 1 MB, through nginx
+    as shipped: passed on as they arrive, never buffered to nginx's disk."""
+    login = https.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert login.status_code == 200, login.text
+    csrf = {"X-CSRF-Token": login.json()["csrf_token"]}
+    ds = make_dataset()
+    ds.Rows = ds.Columns = 1024
+    ds.PixelData = bytes(1024 * 1024 * 2)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    encoded = io.BytesIO()
+    pydicom.dcmwrite(encoded, ds, enforce_file_format=True)
+    data = encoded.getvalue()
+    log = site.dir / "error.log"
+    before = log.read_text()
+    tus = {"Tus-Resumable": "1.0.0"} | csrf
+    created = https.post("/api/v1/uploads", headers=tus | {"Upload-Length": str(len(data))})
+    assert created.status_code == 201, created.text
+    sent = https.patch(
+        created.headers["Location"],
+        content=data,
+        headers=tus | {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+    )
+    assert sent.status_code == 204, sent.text
+    assert sent.headers["Upload-Offset"] == str(len(data))
+    session = https.post(
+        "/api/v1/upload/init",
+        json={"files": [{"name": "a.dcm", "size": len(data)}]},
+        headers=csrf,
+    )
+    assert session.status_code == 201, session.text
+    chunk = session.json()["chunk_size"]
+    put = https.put(
+        f"/api/v1/upload/{session.json()['upload_id']}/chunk",
+        params={"file": 0, "index": 0},
+        content=data[:chunk],
+        headers=csrf | {"Content-Type": "application/octet-stream"},
+    )
+    assert put.status_code == 204, put.text
+    assert "buffered to a temporary file" not in log.read_text()[len(before) :]
+
+
 def test_login_is_rate_limited(https: httpx.Client) -> None:
     """10 a minute per address with a burst of 5: the 7th at once (or sooner) is
     nginx's 429. Each attempt names another user, so the API's own throttle (per

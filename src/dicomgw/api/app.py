@@ -36,6 +36,8 @@ from dicomgw.api.resources import (
     settings,
     stats,
     studies,
+    tus,
+    uploads,
 )
 from dicomgw.api.resources.auth import (
     LoginResource,
@@ -47,6 +49,7 @@ from dicomgw.api.resources.auth import (
 from dicomgw.api.resources.health import LiveResource, ReadyResource
 from dicomgw.api.resources.users import UsersResource
 from dicomgw.api.throttle import Throttle
+from dicomgw.api.uploading import Uploading
 from dicomgw.api.webui import add_webui
 from dicomgw.config import Config
 
@@ -80,6 +83,8 @@ ROUTES: tuple[RouteAdder, ...] = (
     metrics.add_routes,
     openapi.add_routes,
     dicomweb.add_routes,
+    tus.add_routes,
+    uploads.add_routes,
 )
 """Every group of routes the API serves; each resource module contributes one."""
 
@@ -107,8 +112,9 @@ def create_app(
     app.set_error_serializer(problems.serialize)
     app.router_options.converters[ROW_ID] = RowIdConverter
     ingesting = Ingesting(config)
-    pools.before_close.append(ingesting.close)
-    api = ApiContext(config, pools, throttle or Throttle(), ingesting)
+    uploading = Uploading(config, pools, ingesting)
+    pools.before_close += [uploading.close, ingesting.close]
+    api = ApiContext(config, pools, throttle or Throttle(), ingesting, uploading)
     for add in routes:
         add(app, api)
     add_webui(app, config.api)

@@ -1,5 +1,5 @@
 """What every resource module gets to add its routes: the config, the database
-pool, the login throttle, the worker's ingest stack."""
+pool, the login throttle, the worker's ingest stack and upload intake."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import falcon.routing
 from dicomgw.api.ingesting import Ingesting
 from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.throttle import Throttle
+from dicomgw.api.uploading import Uploading
 from dicomgw.config import Config
 from dicomgw.send.secrets import SecretBox
 
@@ -30,6 +31,7 @@ class ApiContext:
     pools: PoolMiddleware
     throttle: Throttle
     ingesting: Ingesting
+    uploading: Uploading
 
     @functools.cached_property
     def box(self) -> SecretBox:

@@ -1,7 +1,11 @@
-"""Login throttling: the one throttling mechanism of the API (it owns the tables
-``login_failures`` and ``login_addresses``).
+"""The one throttling mechanism of the API (it owns the tables ``throttle_events``
+and ``login_addresses``): events counted per key in a sliding window, shared by
+every worker and node through PostgreSQL. Two uses:
 
-It slows guessing without letting anyone lock an account's owner out:
+Rate limits (:func:`spend`): uploads created and chunks written, per account and
+per address; past a limit the request is answered 429 with Retry-After.
+
+Login throttling slows guessing without letting anyone lock an account's owner out:
 
 - per account and address: the first failures are free, then each attempt waits
   a delay that doubles with every failure (``pair_free``, up to ``pair_max_s``);
@@ -45,9 +49,33 @@ def _keys(username: str, ip: str | None) -> dict[str, str]:
 
 
 COUNTS = """
-SELECT key, count(*) AS n, min(at) AS oldest, max(at) AS newest FROM login_failures
+SELECT key, count(*) AS n, min(at) AS oldest, max(at) AS newest FROM throttle_events
 WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2) GROUP BY key
 """
+FORGET_OLD = """
+DELETE FROM throttle_events
+WHERE key = ANY($1::text[]) AND at < now() - make_interval(secs => $2)
+"""
+
+
+async def spend(conn: asyncpg.Connection, limits: dict[str, int], window_s: int) -> int | None:
+    """Count one event against each key of ``limits`` (key → most events in the
+    window); or, if a key is at its limit, count nothing and return the seconds
+    until its oldest event leaves the window (the Retry-After)."""
+    keys = list(limits)
+    async with conn.transaction():
+        rows = await conn.fetch(COUNTS, keys, window_s)
+        now = dt.datetime.now(dt.UTC)
+        waits = [
+            r["oldest"] + dt.timedelta(seconds=window_s) for r in rows if r["n"] >= limits[r["key"]]
+        ]
+        if waits:
+            return max(1, int((max(waits) - now).total_seconds()) + 1)
+        await conn.execute(FORGET_OLD, keys, window_s)
+        await conn.execute("INSERT INTO throttle_events (key) SELECT unnest($1::text[])", keys)
+    return None
+
+
 KNOWN = """
 SELECT EXISTS (SELECT 1 FROM login_addresses a JOIN users u ON u.id = a.user_id
                WHERE lower(u.username) = lower($1) AND a.address = $2::inet
@@ -92,14 +120,9 @@ async def begin_attempt(
         if until is not None and until > now:
             return int((until - now).total_seconds()) + 1
         # Failures older than the window count for nothing: gone.
-        await conn.execute(
-            "DELETE FROM login_failures WHERE key = ANY($1::text[]) "
-            "AND at < now() - make_interval(secs => $2)",
-            list(keys.values()),
-            throttle.window_s,
-        )
+        await conn.execute(FORGET_OLD, list(keys.values()), throttle.window_s)
         ids = await conn.fetch(
-            "INSERT INTO login_failures (key) SELECT unnest($1::text[]) RETURNING id",
+            "INSERT INTO throttle_events (key) SELECT unnest($1::text[]) RETURNING id",
             list(keys.values()),
         )
     return Attempt([r["id"] for r in ids])
@@ -112,7 +135,7 @@ async def succeeded(
     address's failures are forgiven, and the address becomes known."""
     keys = _keys(username, ip)
     await conn.execute(
-        "DELETE FROM login_failures WHERE id = ANY($1::bigint[]) OR key = ANY($2::text[])",
+        "DELETE FROM throttle_events WHERE id = ANY($1::bigint[]) OR key = ANY($2::text[])",
         attempt.ids,
         [keys["user"], *([keys["pair"]] if "pair" in keys else [])],
     )
@@ -128,13 +151,14 @@ async def succeeded(
 async def withdraw(conn: asyncpg.Connection, attempt: Attempt) -> None:
     """The password was right but a second factor is still to come: the attempt
     is no failure, and nothing else is forgiven yet."""
-    await conn.execute("DELETE FROM login_failures WHERE id = ANY($1::bigint[])", attempt.ids)
+    await conn.execute("DELETE FROM throttle_events WHERE id = ANY($1::bigint[])", attempt.ids)
 
 
 async def record_failure(conn: asyncpg.Connection, username: str, ip: str | None) -> None:
     """A failure outside a password attempt (a wrong second factor)."""
     await conn.executemany(
-        "INSERT INTO login_failures (key) VALUES ($1)", [(k,) for k in _keys(username, ip).values()]
+        "INSERT INTO throttle_events (key) VALUES ($1)",
+        [(k,) for k in _keys(username, ip).values()],
     )
 
 
@@ -143,7 +167,7 @@ async def unlock(conn: asyncpg.Connection, username: str) -> int:
     user = username.lower()
     pattern = user.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     done = await conn.execute(
-        "DELETE FROM login_failures WHERE key = $1 OR key LIKE $2",
+        "DELETE FROM throttle_events WHERE key = $1 OR key LIKE $2",
         f"user:{user}",
         f"pair:{pattern}|%",
     )

@@ -1,6 +1,7 @@
 """The storage root's layout: ``incoming/`` (being received), ``objects/``
 (committed Part 10 files), ``quarantine/`` (kept for an operator to look at),
-``deletions/`` (manifests of files to remove once their index rows are gone).
+``deletions/`` (manifests of files to remove once their index rows are gone),
+``uploads/`` (files being uploaded over HTTP, until they are taken in).
 
 Paths of objects come from internal ids, never from peer-supplied strings
 (UIDs, AE titles), so no peer can steer a write outside the root.
@@ -41,6 +42,11 @@ class StorageLayout:
         """Manifests of deleted studies' files (storage/deletions.py)."""
         return self.root / "deletions"
 
+    @property
+    def uploads(self) -> Path:
+        """Uploaded files being received (uploads/store.py), named by upload id."""
+        return self.root / "uploads"
+
 
 class StoredFileMissing(DicomGwError):
     def __init__(self, relative: str, reason: str) -> None:
@@ -76,6 +82,7 @@ def prepare_storage(root: Path) -> StorageLayout:
         layout.objects,
         layout.quarantine,
         layout.deletions,
+        layout.uploads,
     ):
         try:
             path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
