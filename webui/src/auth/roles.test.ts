@@ -15,6 +15,12 @@ describe('roles', () => {
     expect(can('admin', 'installCertificate')).toBe(true)
     expect(can(null, 'view')).toBe(false)
   })
+  it('lets an uploader upload and nothing else', () => {
+    expect(can('uploader', 'upload')).toBe(true)
+    expect(can('uploader', 'view')).toBe(false)
+    expect(can('viewer', 'upload')).toBe(false)
+    expect(homeFor('uploader')).toBe('/upload')
+  })
   it('sends an auditor to the audit log', () => {
     expect(homeFor('auditor')).toBe('/audit')
     expect(homeFor('viewer')).toBe('/')

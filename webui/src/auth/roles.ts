@@ -1,8 +1,8 @@
 /** Which role may do what, as docs/api.md's role table says; the API enforces it,
  * the UI only hides what a role cannot use. */
-export type Role = 'admin' | 'operator' | 'viewer' | 'auditor'
+export type Role = 'admin' | 'operator' | 'viewer' | 'auditor' | 'uploader'
 
-export const ROLES: Role[] = ['admin', 'operator', 'viewer', 'auditor']
+export const ROLES: Role[] = ['admin', 'operator', 'viewer', 'auditor', 'uploader']
 
 const CAPABILITIES = {
   /** Dashboards, studies, destinations, rules and the queue, read-only. */
@@ -12,6 +12,8 @@ const CAPABILITIES = {
   deleteStudies: ['admin'],
   manageUsers: ['admin'],
   readAudit: ['admin', 'auditor'],
+  /** Uploads (tus and the session API); an uploader sees only its own. */
+  upload: ['admin', 'operator', 'uploader'],
   readSettings: ['admin', 'operator'],
   installCertificate: ['admin'],
 } satisfies Record<string, Role[]>
@@ -24,5 +26,6 @@ export function can(role: Role | null | undefined, capability: Capability): bool
 
 /** Where a role lands after login. */
 export function homeFor(role: Role): string {
+  if (role === 'uploader') return '/upload'
   return can(role, 'view') ? '/' : '/audit'
 }

@@ -31,6 +31,7 @@ const routes: RouteRecordRaw[] = [
       { path: 'audit', component: () => import('@/pages/audit/AuditPage.vue'), meta: { capability: 'readAudit', title: 'Audit log' } },
       { path: 'users', component: () => import('@/pages/users/UsersPage.vue'), meta: { capability: 'manageUsers', title: 'Users & roles' } },
       { path: 'settings', component: () => import('@/pages/settings/SettingsPage.vue'), meta: { capability: 'readSettings', title: 'Settings' } },
+      { path: 'upload', component: () => import('@/pages/uploads/UploadPage.vue'), meta: { capability: 'upload', title: 'Upload' } },
       { path: 'account', component: () => import('@/pages/account/AccountPage.vue'), meta: { title: 'My account' } },
       { path: ':missing(.*)*', component: () => import('@/pages/NotFoundPage.vue'), meta: { title: 'Not found' } },
     ],
