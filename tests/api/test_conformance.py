@@ -77,6 +77,12 @@ schemathesis.openapi.media_type(
     ),
 )
 
+# tus PATCH bodies: bytes, as for application/octet-stream (DICOM-like or not).
+schemathesis.openapi.media_type(
+    "application/offset+octet-stream",
+    st.one_of(st.binary(max_size=512), st.builds(lambda b: bytes(128) + b"DICM" + b, st.binary())),
+)
+
 pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 10
@@ -108,6 +114,15 @@ CONFIG = SchemathesisConfig.from_dict(
             # STOW-RS destination needs a token); those are 422s, which the
             # description lists and the other checks hold to it.
             "positive_data_acceptance": {"enabled": False},
+            # The tus protocol's own refusals of bad requests are these too: 410 an
+            # expired upload, 412 another tus version, 413 past the upload's length,
+            # 423 another request writing, 460 a checksum mismatch.
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    *("400", "401", "403", "404", "405", "406", "409", "415", "422"),
+                    *("428", "429", "5xx", "410", "412", "413", "423", "460"),
+                ]
+            },
         },
     }
 )

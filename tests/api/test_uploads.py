@@ -258,8 +258,11 @@ def test_protocol_errors_are_clear_and_keep_nothing(
         f"http://127.0.0.1:{gateway.api_port}/api/v1/uploads",
         headers={"Authorization": f"Bearer {token}", "Upload-Length": "10"},
     )
-    assert no_version.status_code == 412
+    assert no_version.status_code == 400
     assert no_version.headers["Tus-Version"] == "1.0.0"
+    other = tus_create(gateway, token, 10, **{"Tus-Resumable": "0.2.2"})
+    assert other.status_code == 412
+    assert other.headers["Tus-Version"] == "1.0.0"
     assert tus_create(gateway, token, None).status_code == 400
     too_big = tus_create(gateway, token, (8 << 20) + 1)
     assert too_big.status_code == 413

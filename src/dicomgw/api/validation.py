@@ -77,6 +77,15 @@ def whole_number(raw: str | None, name: str, high: int, low: int = 1) -> int | N
     return value
 
 
+def flag(raw: str | None, name: str) -> bool:
+    """A query parameter's true/false (absent: false)."""
+    if raw is None:
+        return False
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise invalid(f"'{name}' must be true or false", field=name)
+    return raw.lower() in ("true", "1")
+
+
 def date_or_time(raw: str | None, name: str) -> dt.datetime | None:
     """A query parameter's date (its midnight) or date and time; UTC when it has
     no offset. None when absent."""

@@ -128,6 +128,14 @@ class TusResource:
 
     def _check_version(self, req: falcon.asgi.Request) -> None:
         sent = req.get_header("Tus-Resumable")
+        if sent is None:
+            raise Problem(
+                400,
+                "tus-version",
+                "Tus-Resumable missing",
+                f"tus requests carry Tus-Resumable: {TUS_VERSION}",
+                headers={"Tus-Version": TUS_VERSION},
+            )
         if sent != TUS_VERSION:
             raise Problem(
                 412,

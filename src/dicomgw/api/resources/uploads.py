@@ -28,7 +28,7 @@ from dicomgw.api.resources.upload_access import (
     within_quota,
 )
 from dicomgw.api.urls import public_base
-from dicomgw.api.validation import body_of
+from dicomgw.api.validation import body_of, date_or_time, flag, whole_number
 from dicomgw.uploads import batches
 from dicomgw.uploads.completion import describe
 from dicomgw.uploads.intake import NOT_A_KNOWN_KIND
@@ -142,8 +142,10 @@ class UploadSessionResource:
     ) -> None:
         """One chunk of one file (``?file=N&index=K``); a chunk already stored is 204
         and is not written again."""
-        file_index = req.get_param_as_int("file", required=True, min_value=0)
-        index = req.get_param_as_int("index", required=True, min_value=0)
+        file_index = whole_number(req.get_param("file"), "file", MAX_FILES, low=0)
+        index = whole_number(req.get_param("index"), "index", 2**31, low=0)
+        if file_index is None or index is None:
+            raise invalid("send the file's index and the chunk's: ?file=N&index=K")
         store = self._up.store
         async with self._api.pools.pool.acquire() as conn:
             batch = visible_batch(req, await batches.get(conn, upload_id), upload_id)
@@ -266,12 +268,8 @@ class UploadSessionResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """My uploads (operators and admins: everyone's), newest first."""
         user: User = req.context.user
-        limit = req.get_param_as_int("limit", min_value=1, max_value=200, default=50)
-        before = req.get_param("before")
-        try:
-            until = dt.datetime.fromisoformat(before) if before else None
-        except ValueError:
-            raise invalid("'before' must be an ISO 8601 time", field="before") from None
+        limit = whole_number(req.get_param("limit"), "limit", 200) or 50
+        until = date_or_time(req.get_param("before"), "before")
         async with self._api.pools.pool.acquire() as conn:
             found = await batches.listing(
                 conn, None if user.role in SEES_ALL else user.id, limit=limit, before=until
@@ -288,7 +286,7 @@ class UploadSessionResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, upload_id: str
     ) -> None:
         """Every file is in: take the upload in (``?force=true`` past the duplicate rule)."""
-        force = req.get_param_as_bool("force", default=False)
+        force = flag(req.get_param("force"), "force")
         async with self._api.pools.pool.acquire() as conn:
             batch = visible_batch(req, await batches.get(conn, upload_id), upload_id)
             done = await self._up.complete(conn, req, batch, force=force)
