@@ -409,11 +409,11 @@ class UploadsConfig(_Section, frozen=True):
     max_archive_ratio: PositiveInt = 200
     """Uncompressed over compressed size, per entry (a ZIP bomb's is in the thousands)."""
     create_rate: RateLimit = msgspec.field(
-        default_factory=lambda: RateLimit(per_user=120, per_address=240, window_s=3600)
+        default_factory=lambda: RateLimit(per_user=10_000, per_address=20_000, window_s=3600)
     )
     """Uploads created (tus POST, session init)."""
     chunk_rate: RateLimit = msgspec.field(
-        default_factory=lambda: RateLimit(per_user=1200, per_address=2400, window_s=60)
+        default_factory=lambda: RateLimit(per_user=6000, per_address=12_000, window_s=60)
     )
     """Chunks written (tus PATCH, session chunk PUT)."""
 
