@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import measure
 import receivers
-import stow_bench
 import store_bench
+import stow_bench
 from receivers import HOST, ReceiverFailed
 from sets import GeneratedSet, ensure_set, spec_for
 
@@ -69,8 +69,7 @@ def _upload(api: str, token: str, files: list[Path], errors: list[str]) -> None:
             size = path.stat().st_size
             made = client.post(
                 "/api/v1/uploads",
-                headers=headers
-                | {"Upload-Length": str(size), "Upload-Metadata": "force dHJ1ZQ=="},
+                headers=headers | {"Upload-Length": str(size)},
             )
             if made.status_code != 201:
                 errors.append(f"create: HTTP {made.status_code}: {made.text[:200]}")
@@ -100,7 +99,9 @@ def _wait_stored(storage: Path, count: int, run: receivers.Running) -> None:
         time.sleep(0.02)
 
 
-def run_one(way: str, tset: GeneratedSet, parallel: int, rnd: int, args: argparse.Namespace) -> Result:
+def run_one(
+    way: str, tset: GeneratedSet, parallel: int, rnd: int, args: argparse.Namespace
+) -> Result:
     result = Result(rnd, tset.spec.name, parallel, way, len(tset.files), tset.bytes)
     workdir = Path(tempfile.mkdtemp(prefix=f"upload-{way}-", dir=args.workdir))
     workdir.chmod(0o755)
@@ -109,7 +110,10 @@ def run_one(way: str, tset: GeneratedSet, parallel: int, rnd: int, args: argpars
     # A benchmark on loopback sends hundreds of files a second, past the default
     # rate limits (made for clinics on the internet); their cost is still paid.
     unlimited = "{per_user: 100000000, per_address: 100000000}"
-    receiver.env |= {"DICOMGW_UPLOADS__CHUNK_RATE": unlimited, "DICOMGW_UPLOADS__CREATE_RATE": unlimited}
+    receiver.env |= {
+        "DICOMGW_UPLOADS__CHUNK_RATE": unlimited,
+        "DICOMGW_UPLOADS__CREATE_RATE": unlimited,
+    }
     run = receivers.start(receiver, workdir, args.pdu)
     groups: measure.Groups = {}
     try:
@@ -159,13 +163,18 @@ def table(results: list[Result]) -> str:
         lines.append(
             f"| {r.round} | {r.set} | {r.parallel} | {r.way} | {r.inst_per_s:.0f} "
             f"| {r.bytes / MB / r.wall_s if r.wall_s else 0:.0f} | {sum(r.cpu_s.values()):.1f} "
-            f"| {r.peak_pss_total_bytes / MB:.0f} | {r.status}{': ' + r.reason if r.reason else ''} |"
+            f"| {r.peak_pss_total_bytes / MB:.0f} "
+            f"| {r.status}{': ' + r.reason if r.reason else ''} |"
         )
     lines += ["", "| set | parallel | tus / C-STORE instances/s (per round) |", "|---|---|---|"]
     for set_name, parallel in sorted({(r.set, r.parallel) for r in results}):
         ratios = []
         for rnd in sorted({r.round for r in results}):
-            pair = {r.way: r for r in results if (r.set, r.parallel, r.round) == (set_name, parallel, rnd)}
+            pair = {
+                r.way: r
+                for r in results
+                if (r.set, r.parallel, r.round) == (set_name, parallel, rnd)
+            }
             tus, cstore = pair.get("tus"), pair.get("cstore")
             if tus and cstore and tus.status == cstore.status == "ok":
                 ratios.append(f"{tus.inst_per_s / cstore.inst_per_s:.2f}x")

@@ -599,3 +599,32 @@ def test_quota_of_bytes_in_flight(gateway: Gateway, uploader: tuple[str, str]) -
             http.post("/upload/init", json={"files": [{"name": "b", "size": 1024}]}).status_code
             == 201
         )
+
+
+def test_files_of_one_study_sent_one_by_one_with_tus_are_not_duplicates_but_a_resend_is(
+    gateway: Gateway, uploader: tuple[str, str]
+) -> None:
+    """A client that sends a study file by file (Uppy on a folder) makes an upload
+    of each: the second file of the study is not a duplicate of the first, but
+    the same file again is (with when and by whom), and waits for force."""
+    name, token = uploader
+    study = generate_uid()
+    files = [big_dicom(study, size=64) for _ in range(3)]
+    batches = []
+    for data, _ in files:
+        url = tus_create(gateway, token, len(data)).headers["Location"]
+        assert tus_patch(url, token, 0, data).status_code == 204
+        batches.append(batch_of(gateway, url))
+    with api(gateway, token) as http:
+        for batch_id in batches:
+            assert wait_state(http, batch_id, "received", "failed")["state"] == "received"
+        again = tus_create(gateway, token, len(files[0][0])).headers["Location"]
+        assert tus_patch(again, token, 0, files[0][0]).status_code == 204
+        waiting = http.get(f"/upload/{batch_of(gateway, again)}/status").json()
+        assert waiting["state"] == "uploading"
+        assert f"instance {files[0][1]}" in waiting["error"]
+        assert f"by {name}" in waiting["error"]
+        forced = http.post(f"/upload/{batch_of(gateway, again)}/complete", params={"force": "true"})
+        assert forced.status_code == 202, forced.text
+    for _, uid in files:
+        assert instance_rows(gateway, uid) == [("upload", name)]

@@ -241,10 +241,28 @@ async def previous_receipts(
     study_uids: list[str],
     identity: list[str],
     window_days: int,
+    *,
+    instance_uids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Studies among ``study_uids`` received within the window, and earlier uploads
-    with one of the same ``identity`` keys: when, and by whom."""
+    """Studies among ``study_uids`` (instances among ``instance_uids``) received
+    within the window, and earlier uploads with one of the same ``identity`` keys:
+    when, and by whom."""
     found: list[dict[str, Any]] = []
+    if instance_uids:
+        rows = await conn.fetch(
+            "SELECT sop_instance_uid, max(received_at) AS at, "
+            "(array_agg(coalesce(source_user, source_ae, host(source_ip)) "
+            " ORDER BY received_at DESC))[1] AS by "
+            "FROM instances WHERE sop_instance_uid = ANY($1::text[]) "
+            "AND received_at > now() - make_interval(days => $2) GROUP BY sop_instance_uid",
+            instance_uids,
+            window_days,
+        )
+        found += [
+            {"sop_instance_uid": r["sop_instance_uid"], "received_at": r["at"].isoformat(),
+             "by": r["by"]}
+            for r in rows
+        ]  # fmt: skip
     if study_uids:
         rows = await conn.fetch(
             "SELECT s.study_instance_uid, s.last_received_at, "

@@ -5,7 +5,9 @@ duplicate rule); then the batch is handed to intake.
 The duplicate identity, my choice: the Study Instance UIDs the DICOM files carry
 (a study received within ``uploads.duplicate_window_days``, by any way in,
 counts); for images and PDFs, which carry none, a hash of the form's patient ID,
-study date and modality, matched against earlier uploads.
+study date and modality, matched against earlier uploads. A DICOM file sent
+with tus alone is one instance of a study whose other files come the same way:
+it is a duplicate only if that instance (its SOP Instance UID) was received.
 """
 
 from __future__ import annotations
@@ -70,12 +72,14 @@ async def complete(
             return Completion(form_missing=lacking)
         identity.append(form_identity(batch.form))
     if window_days and not force:
+        one_by_one = batch.auto_complete and not contents.archives and not contents.wrapped
         found = await batches.previous_receipts(
             conn,
             batch.id,
-            sorted(contents.study_uids),
+            [] if one_by_one else sorted(contents.study_uids),
             [k for k in identity if k.startswith("form:")],
             window_days,
+            instance_uids=sorted(contents.instance_uids) if one_by_one else [],
         )
         if found:
             return Completion(duplicates=found)
@@ -88,9 +92,11 @@ def describe(duplicates: list[dict[str, Any]]) -> str:
     said = []
     for found in duplicates:
         what = (
-            f"study {found['study_instance_uid']}"
-            if "study_instance_uid" in found
+            f"study {found.get('study_instance_uid')}"
+            if "upload_id" not in found
             else f"upload {found['upload_id']} (same patient ID, study date and modality)"
         )
+        if "sop_instance_uid" in found:
+            what = f"instance {found['sop_instance_uid']}"
         said.append(f"{what} received {found['received_at']} by {found['by'] or 'unknown'}")
     return "; ".join(said)

@@ -84,6 +84,9 @@ def form_identity(form: dict[str, Any]) -> str:
 @dataclass(slots=True)
 class Contents:
     study_uids: set[str] = field(default_factory=set)
+    instance_uids: set[str] = field(default_factory=set)
+    """Of the DICOM files uploaded as they are (not in a ZIP)."""
+    archives: bool = False
     wrapped: bool = False
     """Some file is an image or a PDF (it takes the form's study)."""
     problems: list[str] = field(default_factory=list)
@@ -101,8 +104,9 @@ def survey(store: UploadStore, uploads: list[Upload], limits: ArchiveLimits) -> 
             if kind is None:
                 contents.problems.append(f"{upload.filename or upload.id}: {NOT_A_KNOWN_KIND}")
             elif kind == "dicom":
-                _study_of(f, contents)
+                _study_of(f, contents, top=True)
             elif kind == "zip":
+                contents.archives = True
                 try:
                     with open_archive(path, limits) as archive:
                         for n, entry in enumerate(archive.entries()):
@@ -125,9 +129,13 @@ def survey(store: UploadStore, uploads: list[Upload], limits: ArchiveLimits) -> 
 NOT_A_KNOWN_KIND = "not a DICOM, JPEG, PNG, PDF or ZIP file"
 
 
-def _study_of(f: IO[bytes], contents: Contents) -> None:
+def _study_of(f: IO[bytes], contents: Contents, *, top: bool = False) -> None:
     with contextlib.suppress(InvalidDicomError, ValueError, EOFError, OSError, KeyError):
-        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[(0x0020, 0x000D)])
+        ds = pydicom.dcmread(
+            f, stop_before_pixels=True, specific_tags=[(0x0008, 0x0018), (0x0020, 0x000D)]
+        )
+        if top and ds.get("SOPInstanceUID"):
+            contents.instance_uids.add(str(ds.SOPInstanceUID))
         uid = str(ds.get("StudyInstanceUID", "") or "")
         if uid:
             contents.study_uids.add(uid)
