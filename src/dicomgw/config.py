@@ -352,17 +352,18 @@ class ApiConfig(_Section, frozen=True):
     or ``<prefix>/share/dicom-gw/webui`` of an installed package, when present."""
 
     def __post_init__(self) -> None:
-        for key, networks in (
-            ("metrics_networks", self.metrics_networks),
-            ("trusted_proxies", self.trusted_proxies),
-        ):
-            for network in networks:
-                try:
-                    ipaddress.ip_network(network, strict=False)
-                except ValueError:
-                    raise ValueError(
-                        f"{key}: '{network}' is not an IP address or network (e.g. 10.0.5.0/24)"
-                    ) from None
+        _check_networks("metrics_networks", self.metrics_networks)
+        _check_networks("trusted_proxies", self.trusted_proxies)
+
+
+def _check_networks(key: str, networks: tuple[str, ...]) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{key}: '{network}' is not an IP address or network (e.g. 10.0.5.0/24)"
+            ) from None
 
 
 class DicomwebConfig(_Section, frozen=True):
@@ -372,8 +373,12 @@ class DicomwebConfig(_Section, frozen=True):
     cors_origins: tuple[str, ...] = ()
     """Origins (``https://viewer.example.org``) whose pages may call /dicom-web/
     (CORS), or ``"*"`` for any; none by default."""
+    anonymous_read_networks: tuple[str, ...] = ()
+    """Client addresses or networks (CIDR) that may read /dicom-web/ without logging
+    in (a viewer on a trusted LAN), as a viewer would; none by default."""
 
     def __post_init__(self) -> None:
+        _check_networks("anonymous_read_networks", self.anonymous_read_networks)
         for origin in self.cors_origins:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+/?", origin):
                 raise ValueError(

@@ -100,7 +100,7 @@ def create_app(
         middleware=[
             pools,
             RequestMiddleware(config.api.behind_https),
-            AuthMiddleware(config.api, lambda: pools.pool),
+            AuthMiddleware(config.api, lambda: pools.pool, config.dicomweb.anonymous_read_networks),
             DicomwebCors(config.dicomweb.cors_origins),
         ]
     )

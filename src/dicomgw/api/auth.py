@@ -28,7 +28,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from dicomgw.accounts import ROLES, hash_password, rehashed
-from dicomgw.api.clients import client_address, networks
+from dicomgw.api.clients import client_address, networks, within
 from dicomgw.api.problems import Problem, forbidden, unauthenticated
 from dicomgw.config import ApiConfig
 
@@ -62,7 +62,7 @@ class User:
     username: str
     role: str
     via: str
-    """'session' or 'token'."""
+    """'session', 'token', or 'network' (an anonymous reader on a trusted network)."""
     session_id: int | None = None
     csrf_token: str | None = None
 
@@ -230,10 +230,26 @@ class AuthMiddleware:
     """Sets ``req.context.user`` and ``client_ip`` (api/clients.py); refuses
     cross-site state changes (CSRF)."""
 
-    def __init__(self, config: ApiConfig, pool: Callable[[], asyncpg.Pool]) -> None:
+    def __init__(
+        self,
+        config: ApiConfig,
+        pool: Callable[[], asyncpg.Pool],
+        anonymous_read_networks: tuple[str, ...] = (),
+    ) -> None:
         self._config = config
         self._pool = pool
         self._proxies = networks(config.trusted_proxies)
+        self._anonymous_read = networks(anonymous_read_networks)
+
+    def _anonymous_reader(self, req: falcon.asgi.Request) -> bool:
+        ip = req.context.client_ip
+        return (
+            bool(self._anonymous_read)
+            and req.method in ("GET", "HEAD")
+            and req.path.startswith("/dicom-web/")
+            and ip is not None
+            and within(ip, self._anonymous_read)
+        )
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         req.context.user = None
@@ -242,6 +258,10 @@ class AuthMiddleware:
             return
         async with self._pool().acquire() as conn:
             user = await authenticate(conn, req, self._config)
+        if user is None and self._anonymous_reader(req):
+            # dicomweb.anonymous_read_networks: a viewer on a trusted LAN reads
+            # as a viewer would, audited under its address.
+            user = User(0, f"anonymous@{req.context.client_ip}", "viewer", "network")
         req.context.user = user
         if user is not None and user.via == "session" and req.method in UNSAFE_METHODS:
             sent = req.get_header(CSRF_HEADER) or ""

@@ -22,7 +22,8 @@ def networks(addresses: Sequence[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(a, strict=False) for a in addresses)
 
 
-def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+def within(address: str, trusted: Sequence[Network]) -> bool:
+    """``address`` (IPv4-mapped IPv6 read as IPv4) is in one of the networks."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -35,11 +36,11 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
 def client_address(req: falcon.asgi.Request, trusted: Sequence[Network]) -> str | None:
     """The client's IP address: the peer's, or the one a trusted proxy saw."""
     peer: str | None = req.remote_addr
-    if peer is None or not _trusted(peer, trusted):
+    if peer is None or not within(peer, trusted):
         return peer
     hops = [h.strip() for h in (req.get_header("X-Forwarded-For") or "").split(",") if h.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted):
+        if not within(hop, trusted):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
