@@ -105,6 +105,13 @@ class DimseConfig(_Section, frozen=True):
     max_pdu: MaxPDU = 262_144
     max_associations: PositiveInt = 64
     max_associations_per_peer: PositiveInt = 16
+    priority_ae_titles: tuple[AETitle, ...] = ()
+    """Calling AE titles (the modalities) that may use the last
+    ``priority_associations`` slots of ``max_associations``: a flood of other
+    peers cannot lock them out."""
+    priority_associations: Annotated[int, msgspec.Meta(ge=0)] = 4
+    """Slots of ``max_associations`` kept for ``priority_ae_titles`` (none kept
+    while that list is empty)."""
     require_called_ae_title: bool = True
     allowed_calling_ae_titles: tuple[AETitle, ...] = ()
     """Empty: any calling AE title is accepted."""

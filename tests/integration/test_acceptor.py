@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicomgw.ul.uids import VERIFICATION_SOP_CLASS as VERIFICATION
 from tests.gateway import Gateway, running
@@ -137,6 +139,39 @@ def test_association_limit_is_a_transient_rejection(
             time.sleep(0.1)
         for assoc in held:
             assoc.release()
+
+
+def test_a_flood_of_other_peers_leaves_the_priority_slots_to_the_modalities(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    gateway = gateway_factory(
+        DICOMGW_DIMSE__MAX_ASSOCIATIONS="3",
+        DICOMGW_DIMSE__MAX_ASSOCIATIONS_PER_PEER="3",
+        DICOMGW_DIMSE__PRIORITY_AE_TITLES="[MODALITY]",
+        DICOMGW_DIMSE__PRIORITY_ASSOCIATIONS="1",
+    )
+
+    def associate(calling: str) -> object:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(VERIFICATION)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        return ae.associate("127.0.0.1", gateway.dimse_port, ae_title="DICOMGW")
+
+    with running(gateway):
+        flood = [associate("FLOOD") for _ in range(2)]
+        assert all(a.is_established for a in flood)  # type: ignore[attr-defined]
+        # The last slot is the modality's: another flooder is refused (transient) ...
+        assert exchange(gateway.dimse_port, associate_rq(calling="FLOOD")) == RJ_LOCAL_LIMIT
+        # ... and the modality gets in, and stores.
+        modality = associate("MODALITY")
+        assert modality.is_established  # type: ignore[attr-defined]
+        ds = make_dataset()
+        assert modality.send_c_store(ds).Status == 0  # type: ignore[attr-defined]
+        # Past max_associations, nobody.
+        assert exchange(gateway.dimse_port, associate_rq(calling="MODALITY")) == RJ_LOCAL_LIMIT
+        for assoc in [*flood, modality]:
+            assoc.release()  # type: ignore[attr-defined]
+    assert files_with_uid(gateway.storage, ds.SOPInstanceUID)
 
 
 def test_calling_ae_allow_list(gateway_factory: Callable[..., Gateway]) -> None:

@@ -152,11 +152,15 @@ class Messages(Protocol):
 
 class AssociationLimits:
     """Global and per-peer (source IP) caps on established associations, and on
-    connections that have not associated yet."""
+    connections that have not associated yet. The last slots of the global cap
+    are kept for the priority AE titles (the modalities), so that a flood of
+    other peers cannot lock them out."""
 
     def __init__(self, config: DimseConfig) -> None:
         self._max = config.max_associations
         self._per_peer = config.max_associations_per_peer
+        self._priority = frozenset(ae.strip() for ae in config.priority_ae_titles)
+        self._reserved = min(config.priority_associations, self._max) if self._priority else 0
         self._by_peer: dict[str, int] = {}
         self.active = 0
         self._max_unassociated = config.max_unassociated
@@ -189,10 +193,15 @@ class AssociationLimits:
         else:
             del self._unassociated_by_peer[host]
 
-    def acquire(self, host: str) -> str | None:
+    def acquire(self, host: str, calling_ae: str = "") -> str | None:
         """None if admitted, else why not."""
         if self.active >= self._max:
             return f"{self.active} associations active, dimse.max_associations is {self._max}"
+        if self.active >= self._max - self._reserved and calling_ae.strip() not in self._priority:
+            return (
+                f"{self.active} associations active; the last {self._reserved} of "
+                "dimse.max_associations are kept for dimse.priority_ae_titles"
+            )
         if self._by_peer.get(host, 0) >= self._per_peer:
             return f"{host} has {self._per_peer} associations, dimse.max_associations_per_peer"
         self.active += 1
@@ -396,7 +405,7 @@ class AssociationAcceptor(asyncio.BufferedProtocol):
         )
         rejection = check_access(request, self._config)
         if rejection is None:
-            why = self._limits.acquire(self._host)
+            why = self._limits.acquire(self._host, request.calling_ae_title)
             if why is not None:
                 rejection = limit_rejection(why)
             else:
