@@ -380,6 +380,12 @@ class DicomwebConfig(_Section, frozen=True):
     cors_origins: tuple[str, ...] = ()
     """Origins (``https://viewer.example.org``) whose pages may call /dicom-web/
     (CORS), or ``"*"`` for any; none by default."""
+    render_workers: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
+    """Decode processes per API worker for rendered images and thumbnails."""
+    render_memory_bytes: Annotated[int, msgspec.Meta(ge=64 << 20)] = 1 << 30
+    """The address space a decode process may use (RLIMIT_AS)."""
+    render_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    """A rendering that takes longer is stopped (its process killed): 503."""
     anonymous_read_networks: tuple[str, ...] = ()
     """Client addresses or networks (CIDR) that may read /dicom-web/ without logging
     in (a viewer on a trusted LAN), as a viewer would; none by default."""

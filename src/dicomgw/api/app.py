@@ -52,6 +52,7 @@ from dicomgw.api.throttle import Throttle
 from dicomgw.api.uploading import Uploading
 from dicomgw.api.webui import add_webui
 from dicomgw.config import Config
+from dicomgw.render.pool import DecodePool
 
 
 def _core_routes(app: App, api: ApiContext) -> None:
@@ -113,8 +114,17 @@ def create_app(
     app.router_options.converters[ROW_ID] = RowIdConverter
     ingesting = Ingesting(config)
     uploading = Uploading(config, pools, ingesting)
-    pools.before_close += [uploading.close, ingesting.close]
-    api = ApiContext(config, pools, throttle or Throttle(), ingesting, uploading)
+    decoding = DecodePool(
+        config.dicomweb.render_workers,
+        config.dicomweb.render_memory_bytes,
+        config.dicomweb.render_timeout_s,
+    )
+
+    async def stop_decoding() -> None:
+        decoding.close()
+
+    pools.before_close += [uploading.close, ingesting.close, stop_decoding]
+    api = ApiContext(config, pools, throttle or Throttle(), ingesting, uploading, decoding)
     for add in routes:
         add(app, api)
     add_webui(app, config.api)

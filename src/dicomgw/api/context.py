@@ -1,5 +1,5 @@
 """What every resource module gets to add its routes: the config, the database
-pool, the login throttle, the worker's ingest stack and upload intake."""
+pool, the login throttle, the worker's ingest stack, upload intake and decode pool."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dicomgw.api.middleware import PoolMiddleware
 from dicomgw.api.throttle import Throttle
 from dicomgw.api.uploading import Uploading
 from dicomgw.config import Config
+from dicomgw.render.pool import DecodePool
 from dicomgw.send.secrets import SecretBox
 
 PREFIX = "/api/v1"
@@ -32,6 +33,7 @@ class ApiContext:
     throttle: Throttle
     ingesting: Ingesting
     uploading: Uploading
+    decoding: DecodePool
 
     @functools.cached_property
     def box(self) -> SecretBox:

@@ -26,6 +26,7 @@ from dicomgw.api.auth import allow
 from dicomgw.api.context import ApiContext, App
 from dicomgw.api.multipart import MultipartError, MultipartReader, PartData, PartEnd, PartStart
 from dicomgw.api.problems import Problem
+from dicomgw.api.resources.rendered import RenderedResource
 from dicomgw.api.resources.wado import RetrieveResource, WadoUriResource
 from dicomgw.api.resources.wado_metadata import (
     BulkDataResource,
@@ -81,6 +82,16 @@ def add_routes(app: App, api: ApiContext) -> None:
     app.add_route(f"{instance}/metadata", parts, suffix="instance_metadata")
     app.add_route(f"{instance}/frames/{{frames}}", parts, suffix="frames")
     app.add_route(f"{instance}/bulkdata/{{route:path}}", parts, suffix="bulkdata")
+    # PS3.18 10.4.1.1.5-6: rendered images and thumbnails.
+    rendered = RenderedRoutes(api)
+    app.add_route(f"{instance}/rendered", rendered, suffix="instance")
+    app.add_route(f"{instance}/thumbnail", rendered, suffix="instance_thumbnail")
+    app.add_route(f"{instance}/frames/{{frames}}/rendered", rendered, suffix="frame")
+    app.add_route(f"{instance}/frames/{{frames}}/thumbnail", rendered, suffix="frame_thumbnail")
+    app.add_route(f"{ROOT}/studies/{{study}}/thumbnail", rendered, suffix="study_thumbnail")
+    app.add_route(
+        f"{ROOT}/studies/{{study}}/series/{{series}}/thumbnail", rendered, suffix="series_thumbnail"
+    )
     # PS3.18 9: WADO-URI.
     app.add_route(f"{ROOT}/wado", WadoRoute(api))
     # PS3.18 10.6.1 Table 10.6.1-2: the search resources.
@@ -261,6 +272,59 @@ class InstancePartRoutes:
         """PS3.18 10.4: Retrieve Bulk Data, by the BulkDataURI metadata gave."""
         item = await one_instance(self._api, study, series, instance)
         await self._bulk.answer(req, resp, item, route)
+
+
+class RenderedRoutes:
+    """Rendered images and thumbnails (api/resources/rendered.py does the work)."""
+
+    def __init__(self, api: ApiContext) -> None:
+        self._rendered = RenderedResource(api)
+
+    @allow(*READERS)
+    async def on_get_instance(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **uids: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Rendered Instance (its first frame)."""
+        await self._rendered.instance(req, resp, _uids(uids), thumbnail=False)
+
+    @allow(*READERS)
+    async def on_get_instance_thumbnail(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **uids: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Instance Thumbnail."""
+        await self._rendered.instance(req, resp, _uids(uids), thumbnail=True)
+
+    @allow(*READERS)
+    async def on_get_frame(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, frames: str, **uids: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Rendered Frame (one frame number, from 1)."""
+        await self._rendered.instance(req, resp, _uids(uids), frames=frames, thumbnail=False)
+
+    @allow(*READERS)
+    async def on_get_frame_thumbnail(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, frames: str, **uids: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Frame Thumbnail."""
+        await self._rendered.instance(req, resp, _uids(uids), frames=frames, thumbnail=True)
+
+    @allow(*READERS)
+    async def on_get_study_thumbnail(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, study: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Study Thumbnail (its middle instance's)."""
+        await self._rendered.representative(req, resp, study)
+
+    @allow(*READERS)
+    async def on_get_series_thumbnail(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, study: str, series: str
+    ) -> None:
+        """PS3.18 10.4: Retrieve Series Thumbnail (its middle instance's)."""
+        await self._rendered.representative(req, resp, study, series)
+
+
+def _uids(params: dict[str, str]) -> tuple[str, str, str]:
+    return params["study"], params["series"], params["instance"]
 
 
 class StoreInstancesResource:
