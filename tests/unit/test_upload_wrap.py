@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import random
 import struct
 import subprocess
@@ -285,10 +284,10 @@ def test_a_png_claiming_200_megapixels_is_refused_without_eating_memory() -> Non
     child.stdin.close()
     assert child.stdout.read() == b""
     assert b"over 100 megapixels" in child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == 1
-    assert usage.ru_maxrss < 150_000  # KiB; 200 megapixels would be 200 MB at least
+    # NOTE: refused from the header: a decode would have hit the child's memory
+    # limit and said so instead. (Its ru_maxrss is no measure: a forked child's
+    # counts the parent's pages, hundreds of MB late in a test run.)
+    assert child.wait(30) == 1
 
 
 def test_a_png_within_the_pixel_limit_but_too_big_to_hold_is_stopped_by_the_limits() -> None:
