@@ -124,6 +124,9 @@ def create_app(
         decoding.close()
 
     pools.before_close += [uploading.close, ingesting.close, stop_decoding]
+    # NOTE: from start-up, so that an upload whose worker died mid-intake is taken
+    # over (and expired ones removed) without waiting for the next upload.
+    pools.after_start.append(uploading.start)
     api = ApiContext(config, pools, throttle or Throttle(), ingesting, uploading, decoding)
     for add in routes:
         add(app, api)

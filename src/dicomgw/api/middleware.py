@@ -35,6 +35,8 @@ class PoolMiddleware:
         self._pool: asyncpg.Pool | None = None
         self.before_close: list[Callable[[], Awaitable[None]]] = []
         """Run at shutdown, before the pool closes (users of the pool)."""
+        self.after_start: list[Callable[[], None]] = []
+        """Run at start-up, once the pool is open (background work of the worker)."""
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -47,6 +49,8 @@ class PoolMiddleware:
         if dsn is None:
             raise DicomGwError("the API needs database.dsn (set by 'dicom-gw serve')")
         self._pool = await create_pool(dsn, self._config.database)
+        for start in self.after_start:
+            start()
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         for close in self.before_close:

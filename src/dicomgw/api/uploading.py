@@ -50,8 +50,7 @@ class Uploading:
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """The sweep, from the first upload request on (lazily: a worker that
-        serves no upload costs nothing)."""
+        """The sweep (at the worker's start; idempotent)."""
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -64,7 +63,6 @@ class Uploading:
         force: bool,
     ) -> Completion:
         """Check the batch (uploads/completion.py) and, if it passes, take it in."""
-        self.start()
         done = await complete(
             conn,
             self.store,

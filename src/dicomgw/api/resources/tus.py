@@ -174,7 +174,6 @@ class TusResource:
         """tus creation: a new upload; its URL in Location."""
         self._check_version(req)
         self._headers(resp)
-        self._up.start()
         user: User = req.context.user
         length = _int_header(req, "Upload-Length")
         deferred = req.get_header("Upload-Defer-Length")

@@ -80,7 +80,6 @@ class UploadSessionResource:
     @allow(*UPLOADERS)
     async def on_post_init(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """A new upload: the study's form and its files; a chunk size and tus URLs."""
-        self._up.start()
         user: User = req.context.user
         body = await body_of(req, {"files": list}, {name: str for name in FORM_FIELDS})
         files = _files(body, self._config.max_upload_bytes)
