@@ -6,11 +6,13 @@ with other bytes."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from PIL import Image
 from pydicom.uid import generate_uid
 
 from dicomgw.storage.part10 import parse_file_meta
@@ -142,9 +144,23 @@ def test_wado_uri_answers_the_stored_file(
     assert answer.headers["content-type"] == "application/dicom"
     [stored] = files_with_uid(session_gateway.storage, datasets[2].SOPInstanceUID)
     assert answer.content == stored.read_bytes()
-    # Rendered (the default for images) is not offered yet; nor is another syntax.
+    # Rendered, the default for images: JPEG, or PNG; sized, windowed, by frame.
     rendered = httpx.get(url, headers=headers, params=uids)
-    assert rendered.status_code == 406 and "application/dicom" in rendered.json()["detail"]
+    assert rendered.status_code == 200, rendered.text
+    assert rendered.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(rendered.content)).size == (64, 64)
+    small = uids | {"contentType": "image/png", "rows": "32", "windowCenter": "100",
+                    "windowWidth": "50", "frameNumber": "1", "imageQuality": "70"}  # fmt: skip
+    png = httpx.get(url, headers=headers, params=small)
+    assert png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (32, 32)
+    gif = httpx.get(url, headers=headers, params=uids | {"contentType": "image/gif"})
+    assert gif.status_code == 406 and "application/dicom" in gif.json()["detail"]
+    half_window = httpx.get(url, headers=headers, params=uids | {"windowCenter": "40"})
+    assert half_window.status_code == 422
+    for_a_file = uids | {"contentType": "application/dicom", "frameNumber": "1"}
+    assert httpx.get(url, headers=headers, params=for_a_file).status_code == 400
+    # Another transfer syntax is not offered yet.
     other = uids | {"contentType": "application/dicom", "transferSyntax": IMPLICIT_LE}
     assert httpx.get(url, headers=headers, params=other).status_code == 406
     assert httpx.get(url, headers=headers, params=uids | {"requestType": "X"}).status_code == 400

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Mapping
 
 import falcon
 import falcon.asgi
@@ -92,6 +93,46 @@ def rendering_of(req: falcon.asgi.Request, path: str, frame: int, *, thumbnail: 
     return Rendering(path, frame, _media_type(req), viewport, quality, window)
 
 
+def _action(thumbnail: bool) -> str:
+    return "wado.thumbnail" if thumbnail else "wado.rendered"
+
+
+def uri_rendering(params: Mapping[str, object], path: str, media_type: str) -> Rendering:
+    """WADO-URI's rendering parameters (PS3.18 9.1.2.3): frameNumber, rows and
+    columns (the largest size; the aspect ratio is kept), windowCenter with
+    windowWidth, imageQuality."""
+
+    def number(name: str, low: float, high: float) -> float | None:
+        raw = params.get(name)
+        if raw is None:
+            return None
+        try:
+            value = float(str(raw))
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise invalid(f"'{name}' must be a number from {low:g} to {high:g}", field=name)
+        return value
+
+    frame = number("frameNumber", 1, 2**31)
+    rows, columns = number("rows", 1, MAX_VIEWPORT), number("columns", 1, MAX_VIEWPORT)
+    viewport = None
+    if rows is not None or columns is not None:
+        viewport = (int(columns or MAX_VIEWPORT), int(rows or MAX_VIEWPORT))
+    center, width = number("windowCenter", -1e9, 1e9), number("windowWidth", 1, 1e9)
+    if (center is None) != (width is None):
+        raise invalid("windowCenter and windowWidth go together", field="windowCenter")
+    quality = number("imageQuality", 1, 100)
+    return Rendering(
+        path,
+        int(frame or 1),
+        media_type,
+        viewport,
+        int(quality or 90),
+        None if center is None or width is None else (center, width),
+    )
+
+
 class RenderedResource:
     """Renders one instance's frame; the routes in dicomweb.py call it."""
 
@@ -126,7 +167,8 @@ class RenderedResource:
                 400, "bad-request", "Bad frame number", f"'{frames[:40]}': one frame, from 1"
             )
         [item] = (await self._instances(study, series, instance))[:1]
-        await self._answer(req, resp, item, int(frames), thumbnail=thumbnail)
+        job = rendering_of(req, self.path(item), int(frames), thumbnail=thumbnail)
+        await self.answer(req, resp, item, job, action=_action(thumbnail))
 
     async def representative(
         self,
@@ -138,19 +180,24 @@ class RenderedResource:
         """A study's or a series' thumbnail: its middle instance's."""
         found = await self._instances(study, series)
         first = [f for f in found if f.series_instance_uid == found[0].series_instance_uid]
-        await self._answer(req, resp, first[len(first) // 2], 1, thumbnail=True)
+        item = first[len(first) // 2]
+        job = rendering_of(req, self.path(item), 1, thumbnail=True)
+        await self.answer(req, resp, item, job, action=_action(True))
 
-    async def _answer(
+    def path(self, item: StoredInstance) -> str:
+        return str(stored_path(self._root, item.file_path))
+
+    async def answer(
         self,
         req: falcon.asgi.Request,
         resp: falcon.asgi.Response,
         item: StoredInstance,
-        frame: int,
+        job: Rendering,
         *,
-        thumbnail: bool,
+        action: str,
     ) -> None:
-        path = str(stored_path(self._root, item.file_path))
-        job = rendering_of(req, path, frame, thumbnail=thumbnail)
+        """``job`` rendered in the decode pool, answered and audited as ``action``."""
+        frame = job.frame
         tag = hashlib.sha256(repr((item.checksum, job)).encode()).hexdigest()[:32]
         resp.etag = f'"{tag}"'
         resp.cache_control = ["private", "max-age=3600"]
@@ -175,7 +222,7 @@ class RenderedResource:
             await audit_request(
                 conn,
                 req,
-                "wado.thumbnail" if thumbnail else "wado.rendered",
+                action,
                 f"instance {item.sop_instance_uid}",
                 {"frame": frame},
                 event_id=audit.INSTANCES_ACCESSED,

@@ -24,8 +24,10 @@ from dicomgw.api.accept import accepted_parts
 from dicomgw.api.auditing import audit_request
 from dicomgw.api.context import ApiContext
 from dicomgw.api.problems import Problem, not_found
+from dicomgw.api.resources.rendered import RenderedResource, uri_rendering
 from dicomgw.api.storedfile import StoredFile
 from dicomgw.query.files import StoredInstance, stored_files
+from dicomgw.render.image import RENDERED_TYPES
 from dicomgw.storage.layout import StoredFileMissing
 from dicomgw.ul.uids import EXPLICIT_VR_LITTLE_ENDIAN, is_valid_uid
 
@@ -128,13 +130,14 @@ async def _parts(root: Path, files: list[StoredInstance], boundary: str) -> Asyn
 
 
 class WadoUriResource:
-    """WADO-URI (PS3.18 9, the URI service): one instance by its three UIDs as
-    ``application/dicom``, the stored Part 10 file. Rendered answers (the default
-    ``image/jpeg`` for images) wait for the sandboxed decoding pool: 406."""
+    """WADO-URI (PS3.18 9, the URI service): one instance by its three UIDs, as
+    ``application/dicom`` (the stored Part 10 file) or rendered as ``image/jpeg``
+    (the default) or ``image/png`` by the decode pool (rendered.py)."""
 
     def __init__(self, api: ApiContext) -> None:
         self._api = api
         self._root = api.config.storage_root
+        self._rendered = RenderedResource(api)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         params = req.params
@@ -151,24 +154,40 @@ class WadoUriResource:
                 raise not_found(f"'{value[:80]}', which is not a UID,")
             uids[name] = value
         content_types = str(params.get("contentType") or "image/jpeg").replace(" ", "").split(",")
-        if not any(t in (APPLICATION_DICOM, "*/*", "application/*") for t in content_types):
+        rendered = next((t for t in content_types if t in RENDERED_TYPES), None)
+        if rendered is None and not any(
+            t in (APPLICATION_DICOM, "*/*", "application/*") for t in content_types
+        ):
             raise Problem(
                 406,
                 "not-acceptable",
                 "Not acceptable",
-                f"contentType {','.join(content_types)[:80]}: rendered images are not offered "
-                "yet; ask contentType=application/dicom",
+                f"contentType {','.join(content_types)[:80]}: offered are "
+                f"{APPLICATION_DICOM}, {' and '.join(RENDERED_TYPES)}",
             )
-        for unsupported in ("anonymize", "annotation", "region", "windowCenter", "frameNumber"):
+        for unsupported in ("anonymize", "annotation", "region", "presentationUID"):
             if unsupported in params:
                 raise Problem(
                     400, "bad-request", "Bad request", f"{unsupported} is not supported here"
                 )
         async with self._api.pools.pool.acquire() as conn:
             files = await stored_files(conn, uids["studyUID"], uids["seriesUID"], uids["objectUID"])
-            if not files:
-                raise not_found(f"instance '{uids['objectUID']}'")
-            item = files[0]
+        if not files:
+            raise not_found(f"instance '{uids['objectUID']}'")
+        item = files[0]
+        if rendered is not None and APPLICATION_DICOM not in content_types:
+            job = uri_rendering(params, self._rendered.path(item), rendered)
+            await self._rendered.answer(req, resp, item, job, action="wado.uri.rendered")
+            return
+        for rendering_only in ("windowCenter", "windowWidth", "frameNumber", "rows", "columns"):
+            if rendering_only in params:
+                raise Problem(
+                    400,
+                    "bad-request",
+                    "Bad request",
+                    f"{rendering_only} applies to rendered images, not to {APPLICATION_DICOM}",
+                )
+        async with self._api.pools.pool.acquire() as conn:
             wanted = params.get("transferSyntax")
             if wanted and wanted != item.transfer_syntax_uid:
                 raise Problem(
