@@ -205,16 +205,7 @@ class TusResource:
             )
             batch_id = None
             if concat != "partial":
-                batch_id = await batches.create(
-                    conn,
-                    user_id=user.id,
-                    username=user.username,
-                    source_ip=req.context.client_ip,
-                    form={k: metadata[k] for k in FORM_KEYS if k in metadata},
-                    chunk_size=self._config.chunk_size,
-                    expire_s=self._config.expire_s,
-                    auto_complete=True,
-                )
+                batch_id = await self._file_alone(conn, req, user, metadata)
             upload_id = await self._up.store.insert(
                 conn,
                 user_id=user.id,
@@ -238,6 +229,22 @@ class TusResource:
         log.info(
             "upload created",
             extra={"upload_id": upload_id, "length": length, "concat": concat or None},
+        )
+
+    async def _file_alone(
+        self, conn: Any, req: falcon.asgi.Request, user: User, metadata: dict[str, str]
+    ) -> str:
+        """The upload of a file sent with tus alone: taken in once its last byte is
+        in, its form from Upload-Metadata."""
+        return await batches.create(
+            conn,
+            user_id=user.id,
+            username=user.username,
+            source_ip=req.context.client_ip,
+            form={k: metadata[k] for k in FORM_KEYS if k in metadata},
+            chunk_size=self._config.chunk_size,
+            expire_s=self._config.expire_s,
+            auto_complete=True,
         )
 
     async def _final(
@@ -275,16 +282,7 @@ class TusResource:
             total = sum(p.length or 0 for p in parts)
             if total > self._config.max_upload_bytes:
                 raise TusProblem(413, "too-large", "Upload too large", f"{total} bytes in all")
-            batch_id = await batches.create(
-                conn,
-                user_id=user.id,
-                username=user.username,
-                source_ip=req.context.client_ip,
-                form={k: metadata[k] for k in FORM_KEYS if k in metadata},
-                chunk_size=self._config.chunk_size,
-                expire_s=self._config.expire_s,
-                auto_complete=True,
-            )
+            batch_id = await self._file_alone(conn, req, user, metadata)
             upload_id = await store.insert(
                 conn,
                 user_id=user.id,
